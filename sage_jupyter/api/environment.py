@@ -1,0 +1,175 @@
+"""Environments: where a pipeline and its services are declared and submitted."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+from ..runtime.dispatcher import Dispatcher
+from ..runtime.graph import PipelineGraph, ServiceSpec, StageSpec
+from ..runtime.job import JobHandle
+from ..runtime.policy import CleanupPolicy
+from .datastream import DataStream
+from .resolve import display_name, resolve_batch_source, resolve_unbounded_source
+
+BACKENDS = ("thread", "ray")
+
+
+def as_policy(value: Any, where: str) -> CleanupPolicy:
+    if isinstance(value, CleanupPolicy):
+        return value
+    if isinstance(value, dict):
+        try:
+            return CleanupPolicy(**value)
+        except TypeError as exc:
+            raise ValueError(f"{where}: {exc}; use graceful_timeout and kill_timeout") from None
+    raise TypeError(f"{where}: expected a CleanupPolicy or a dict, got {type(value).__name__}")
+
+
+class BaseEnvironment:
+    """Declares services and streams; subclasses decide where `submit` runs them."""
+
+    def __init__(self, name: str, config: dict | None = None) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"environment name must be a non-empty string, got {name!r}")
+        if config is not None and not isinstance(config, dict):
+            raise TypeError(f"config must be a dict, got {type(config).__name__}")
+        self.name = name
+        self.config: dict[str, Any] = dict(config or {})
+        self._graph = PipelineGraph()
+        self._services: dict[str, ServiceSpec] = {}
+        self._job: JobHandle | None = None
+
+    # ---- declaring ------------------------------------------------------------------
+
+    def register_service(self, name: str, service_class: type, *args: Any, remote: bool = False,
+                         **kwargs: Any) -> None:
+        """Register a service class, built when the job starts (a Ray actor if `remote`)."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"register_service: the name must be a non-empty string, got {name!r}")
+        if name in self._services:
+            raise ValueError(f"register_service: a service named {name!r} is already registered in {self.name!r}")
+        if not inspect.isclass(service_class):
+            raise TypeError(
+                f"register_service({name!r}, ...): pass the service class, not {type(service_class).__name__}"
+            )
+        self._check_not_submitted("register_service")
+        self._services[name] = ServiceSpec(name, service_class, args, kwargs, bool(remote))
+
+    def from_batch(self, source: Any, *args: Any, **kwargs: Any) -> DataStream:
+        """A bounded source: a `BatchFunction` subclass (extra arguments go to its
+        constructor), an iterable, or a function returning an iterator."""
+        factory, call = resolve_batch_source(source, args, kwargs, "from_batch")
+        return self._source(factory, call, source, bounded=True)
+
+    def from_collection(self, source: Any, *args: Any, **kwargs: Any) -> DataStream:
+        """Upstream SAGE spelling of `from_batch`."""
+        factory, call = resolve_batch_source(source, args, kwargs, "from_collection")
+        return self._source(factory, call, source, bounded=True)
+
+    def from_source(self, source: Any, *args: Any, **kwargs: Any) -> DataStream:
+        """An unbounded source: a `SourceFunction` subclass, called until the job stops."""
+        factory, call = resolve_unbounded_source(source, args, kwargs)
+        return self._source(factory, call, source, bounded=False)
+
+    def _source(self, factory: Callable[[], Any], call: str, user_object: Any, bounded: bool) -> DataStream:
+        stage = self._add_stage("source", display_name(user_object), factory, call, 1, (),
+                                bounded=bounded, user_object=user_object)
+        return DataStream(self, stage)
+
+    def _add_stage(self, kind: str, name: str, factory: Callable[[], Any], call: str, parallelism: int,
+                   upstream: tuple[int, ...], partition: str = "forward",
+                   key_factory: Callable[[], Callable[[Any], Any]] | None = None,
+                   bounded: bool = True, user_object: Any = None) -> StageSpec:
+        self._check_not_submitted(kind)
+        stage = StageSpec(len(self._graph.stages), kind, name, factory, call, parallelism, upstream,
+                          partition, key_factory, bounded, user_object)
+        return self._graph.add(stage)
+
+    def _check_not_submitted(self, what: str) -> None:
+        if self._job is not None:
+            raise RuntimeError(f"{what}: environment {self.name!r} was already submitted; build a new environment")
+
+    # ---- submitting -----------------------------------------------------------------
+
+    def _validate_for_submit(self) -> None:
+        if self._job is not None:
+            raise RuntimeError(
+                f"environment {self.name!r} was already submitted (job {self._job.job_id}); "
+                "build a new environment to run the pipeline again"
+            )
+        if not any(s.kind == "sink" for s in self._graph.stages):
+            raise ValueError(
+                f"environment {self.name!r} has no sink: end the pipeline with .sink(...) so its records go somewhere"
+            )
+
+    def _policy(self, cleanup: Any) -> CleanupPolicy:
+        if cleanup is not None:
+            return as_policy(cleanup, "submit(cleanup=...)")
+        if "cleanup" in self.config:
+            return as_policy(self.config["cleanup"], "config['cleanup']")
+        return CleanupPolicy()
+
+    @property
+    def job(self) -> JobHandle | None:
+        """The handle of the submitted job, if any."""
+        return self._job
+
+    def stop(self) -> None:
+        """Stop this environment's job (if any) and clean its services; blocks until done."""
+        if self._job is not None:
+            self._job.stop(wait=True)
+
+    def close(self) -> None:
+        """Upstream SAGE name: stop the job and release everything."""
+        self.stop()
+
+    def __enter__(self) -> "BaseEnvironment":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class LocalEnvironment(BaseEnvironment):
+    """Runs the pipeline in this process: on threads, or on Ray actors (`backend="ray"`)."""
+
+    def __init__(self, name: str = "local_environment", backend: str = "thread",
+                 config: dict | None = None, **upstream_kwargs: Any) -> None:
+        super().__init__(name, config)
+        if backend not in BACKENDS:
+            raise ValueError(f"LocalEnvironment(backend={backend!r}): use 'thread' or 'ray'")
+        self.backend = backend
+        # Upstream accepts extra options (platform, scheduler...); they change nothing here.
+        self._upstream_kwargs = upstream_kwargs
+        self._output: Callable[[str, str], None] | None = None  # set by the Jupyter layer
+
+    def submit(self, autostop: bool = False, block: bool | None = None,
+               cleanup: CleanupPolicy | dict | None = None) -> JobHandle:
+        """Start the job. With `autostop=True` every service is stopped and cleaned when the
+        pipeline ends, and the call blocks until then unless `block=False`.
+
+        Raises `PipelineError` (blocking) if a stage or a service failed.
+        """
+        self._validate_for_submit()
+        policy = self._policy(cleanup)
+        services = list(self._services.values())
+        if self.backend == "ray":  # every service is an actor when tasks are
+            services = [ServiceSpec(s.name, s.cls, s.args, s.kwargs, True) for s in services]
+        if self.backend == "ray" or any(s.remote for s in services):
+            from ..runtime.ray_support import check_shippable
+
+            check_shippable(self._graph, services)
+        dispatcher = Dispatcher(self.name, self._graph, services, backend=self.backend, autostop=autostop,
+                                policy=policy, env_name=self.name, output=self._output)
+        self._job = JobHandle(dispatcher)
+        dispatcher.start()
+        if block is None:
+            block = autostop
+        if block:
+            try:
+                self._job.wait()
+            except KeyboardInterrupt:
+                self._job.stop(wait=True)
+                raise
+        return self._job

@@ -1,0 +1,117 @@
+"""Base classes for user functions (SAGE names). Subclass one and write `execute`.
+
+The runtime builds each instance in its task and attaches `self.ctx` before the first
+call; constructors may take any extra arguments, passed on from `map(Cls, *args, **kw)`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable
+
+from ..runtime.context import RuntimeContext
+from ..runtime.errors import ServiceCallError
+
+_detached_logger = logging.getLogger("sage_jupyter.user")
+
+
+class _Servicing:
+    """What functions and services share: context, logger and service calls."""
+
+    ctx: RuntimeContext | None = None
+    _logger: logging.Logger | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Upstream constructors take **kwargs (ctx, name...); accept and ignore extras.
+        self.ctx = None
+
+    @property
+    def logger(self) -> logging.Logger:
+        if self._logger is not None:
+            return self._logger
+        return self.ctx.logger if self.ctx is not None else _detached_logger
+
+    @logger.setter
+    def logger(self, value: logging.Logger) -> None:
+        self._logger = value
+
+    @property
+    def call_service(self):
+        """`self.call_service["cache"].get(k)` or `self.call_service("cache", k, method="get")`."""
+        ctx = self.ctx
+        if ctx is None or ctx.services is None:
+            raise ServiceCallError(
+                f"{type(self).__name__} is not running inside a sage_jupyter job; "
+                "services can be called only from functions and services of a submitted job"
+            )
+        return ctx.services
+
+    def call_service_async(self, name: str, *args: Any, method: str = "process", **kwargs: Any):
+        """Like `call_service(...)` but returns a `concurrent.futures.Future` at once."""
+        return self.call_service.call_async(name, *args, method=method, **kwargs)
+
+
+class BaseFunction(_Servicing):
+    """Common base of every function. `close()` runs once per instance, after its last record."""
+
+    def execute(self, *args: Any) -> Any:  # overridden by every concrete function
+        raise TypeError(f"{type(self).__name__} must define execute()")
+
+    def close(self) -> None:
+        """Called once per instance after its last record (override to flush or release)."""
+
+
+class BatchFunction(BaseFunction):
+    """A bounded source: `execute(self)` returns the next record; `None` ends the batch."""
+
+    def execute(self) -> Any:
+        raise TypeError(f"{type(self).__name__} must define execute(self)")
+
+
+class SourceFunction(BaseFunction):
+    """An unbounded source: `execute(self)` is called until the job is stopped.
+    Returning `None` means nothing right now; it is polled again."""
+
+    def execute(self) -> Any:
+        raise TypeError(f"{type(self).__name__} must define execute(self)")
+
+
+class MapFunction(BaseFunction):
+    """`execute(self, data)` returns the transformed record."""
+
+    def execute(self, data: Any) -> Any:
+        raise TypeError(f"{type(self).__name__} must define execute(self, data)")
+
+
+class FilterFunction(BaseFunction):
+    """`execute(self, data) -> bool`: keep the record when true."""
+
+    def execute(self, data: Any) -> bool:
+        raise TypeError(f"{type(self).__name__} must define execute(self, data)")
+
+
+class FlatMapFunction(BaseFunction):
+    """`execute(self, data)` returns an iterable of records, or calls `self.collect(x)`."""
+
+    def execute(self, data: Any) -> Iterable[Any] | None:
+        raise TypeError(f"{type(self).__name__} must define execute(self, data)")
+
+    def collect(self, record: Any) -> None:
+        emit = self.ctx.emit if self.ctx is not None else None
+        if emit is None:
+            raise RuntimeError("collect() can be called only while execute() runs")
+        emit(record)
+
+
+class SinkFunction(BaseFunction):
+    """`execute(self, data)` consumes a record."""
+
+    def execute(self, data: Any) -> None:
+        raise TypeError(f"{type(self).__name__} must define execute(self, data)")
+
+
+class KeyByFunction(BaseFunction):
+    """`execute(self, data)` returns the key that routes the record."""
+
+    def execute(self, data: Any) -> Any:
+        raise TypeError(f"{type(self).__name__} must define execute(self, data)")

@@ -1,0 +1,126 @@
+"""Turn what the user passed to `map(...)`, `from_batch(...)` and friends into stage specs,
+with clear errors at declaration time rather than tracebacks from a worker thread."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable
+
+from .functions import (BaseFunction, BatchFunction, FilterFunction, FlatMapFunction, KeyByFunction,
+                        MapFunction, SinkFunction, SourceFunction)
+
+EXPECTED: dict[str, type] = {
+    "map": MapFunction,
+    "filter": FilterFunction,
+    "flatmap": FlatMapFunction,
+    "sink": SinkFunction,
+    "keyby": KeyByFunction,
+}
+
+
+def display_name(obj: Any) -> str:
+    name = getattr(obj, "__name__", None) or type(obj).__name__
+    return "lambda" if name == "<lambda>" else name
+
+
+def check_parallelism(method: str, parallelism: Any) -> int:
+    if isinstance(parallelism, bool) or not isinstance(parallelism, int) or parallelism < 1:
+        raise ValueError(f"{method}(parallelism={parallelism!r}): parallelism must be an integer >= 1")
+    return parallelism
+
+
+def resolve_function(kind: str, fn: Any, args: tuple, kwargs: dict) -> tuple[Callable[[], Any], str]:
+    """Return (factory, call style) for an operator or key function."""
+    expected = EXPECTED[kind]
+    if inspect.isclass(fn):
+        if issubclass(fn, expected):
+            return functools.partial(fn, *args, **kwargs), "method"
+        what = (f"a {_base_of(fn).__name__} subclass" if issubclass(fn, BaseFunction)
+                else "a class that is not a SAGE function")
+        raise TypeError(
+            f"{kind}({fn.__name__}): {fn.__name__} is {what}; pass a {expected.__name__} "
+            "subclass or a plain function"
+        )
+    if isinstance(fn, BaseFunction):
+        if not isinstance(fn, expected):
+            raise TypeError(f"{kind}() got a {_base_of(type(fn)).__name__} instance; pass a {expected.__name__}")
+        if args or kwargs:
+            raise TypeError(f"{kind}() got a function instance and constructor arguments; pass the class")
+        return (lambda: fn), "method"
+    if callable(fn):
+        if args or kwargs:
+            bound = _bind_extra(fn, args, kwargs)
+            return (lambda: bound), "plain"
+        return (lambda: fn), "plain"
+    raise TypeError(
+        f"{kind}() needs a function or a {expected.__name__} subclass, got {type(fn).__name__}: {fn!r:.80}"
+    )
+
+
+def _bind_extra(fn: Callable, args: tuple, kwargs: dict) -> Callable[[Any], Any]:
+    def call(data: Any) -> Any:
+        return fn(data, *args, **kwargs)
+
+    call.__name__ = display_name(fn)
+    return call
+
+
+def _base_of(cls: type) -> type:
+    for base in (BatchFunction, SourceFunction, MapFunction, FilterFunction, FlatMapFunction,
+                 SinkFunction, KeyByFunction):
+        if issubclass(cls, base):
+            return base
+    return BaseFunction
+
+
+def resolve_batch_source(source: Any, args: tuple, kwargs: dict, method: str) -> tuple[Callable[[], Any], str]:
+    """`from_batch` / `from_collection`: a BatchFunction class, an iterable, or a callable
+    returning an iterator."""
+    if inspect.isclass(source):
+        if issubclass(source, BatchFunction):
+            return functools.partial(source, *args, **kwargs), "method"
+        if issubclass(source, SourceFunction):
+            raise TypeError(f"{method}({source.__name__}): a SourceFunction is unbounded; use env.from_source")
+        raise TypeError(
+            f"{method}({source.__name__}): pass a BatchFunction subclass, an iterable, "
+            "or a function returning an iterator"
+        )
+    if isinstance(source, BatchFunction):
+        return (lambda: source), "method"
+    if isinstance(source, (str, bytes)):
+        raise TypeError(f"{method}() got a {type(source).__name__}; pass a list of records instead")
+    if hasattr(source, "__iter__"):
+        if args or kwargs:
+            raise TypeError(f"{method}() got an iterable and extra arguments; extra arguments go to a class")
+        return (lambda: source), "iter"
+    if callable(source):
+        name = display_name(source)
+
+        def produce() -> Any:
+            out = source(*args, **kwargs)
+            if not hasattr(out, "__iter__"):
+                raise TypeError(f"{method}({name}): {name}() returned {type(out).__name__}, not an iterable")
+            return out
+
+        return produce, "iter"
+    raise TypeError(
+        f"{method}() needs a BatchFunction subclass, an iterable or a function returning an iterator, "
+        f"got {type(source).__name__}: {source!r:.80}"
+    )
+
+
+def resolve_unbounded_source(source: Any, args: tuple, kwargs: dict) -> tuple[Callable[[], Any], str]:
+    """`from_source`: a SourceFunction class (or instance), or a zero-argument callable
+    polled until the job stops."""
+    if inspect.isclass(source):
+        if issubclass(source, (SourceFunction, BatchFunction)):
+            return functools.partial(source, *args, **kwargs), "method"
+        raise TypeError(f"from_source({source.__name__}): pass a SourceFunction subclass or a function")
+    if isinstance(source, (SourceFunction, BatchFunction)):
+        return (lambda: source), "method"
+    if callable(source):
+        if args or kwargs:
+            return (lambda: functools.partial(source, *args, **kwargs)), "plain"
+        return (lambda: source), "plain"
+    raise TypeError(f"from_source() needs a SourceFunction subclass or a function, got {type(source).__name__}")

@@ -1,0 +1,1 @@
+"""How pipelines run: plan, dispatcher, job model, thread and Ray backends."""

@@ -1,0 +1,51 @@
+"""The interface between the dispatcher and a way of running tasks (threads, Ray actors)."""
+
+from __future__ import annotations
+
+import abc
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+from .context import RuntimeContext
+from .job import ErrorInfo, TaskState, TaskStatus
+from .plan import Plan
+
+
+@dataclass
+class JobRuntime:
+    """What a backend gets from the dispatcher to run one job's tasks."""
+
+    job_id: str
+    job_name: str
+    env_name: str
+    make_ctx: Callable[[str, int, int], RuntimeContext]
+    # Every task instance calls this exactly once when it ends, from any thread.
+    on_task_end: Callable[[str, TaskState, ErrorInfo | None], None]
+    stop_requested: threading.Event
+    services: dict  # name -> ServiceHost, for backends that place calls themselves
+    output: "Callable[[str, str], None] | None" = None  # (stream, text) from workers
+
+
+class TaskBackend(abc.ABC):
+    name = "abstract"
+
+    @abc.abstractmethod
+    def launch(self, plan: Plan, job: JobRuntime) -> None:
+        """Start every task instance of the plan; return without waiting for them."""
+
+    @abc.abstractmethod
+    def request_stop(self) -> None:
+        """Graceful: sources stop producing; in-flight records drain, end markers flow."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Forced: drop in-flight records and wake every blocked task so it exits."""
+
+    @abc.abstractmethod
+    def join(self, timeout: float) -> list[str]:
+        """Wait for task workers to be gone; return the names of those still alive."""
+
+    @abc.abstractmethod
+    def task_statuses(self) -> list[TaskStatus]:
+        """Per operator instance: state and record counts, cheap enough to call at 10 Hz."""

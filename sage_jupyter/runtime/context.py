@@ -1,0 +1,34 @@
+"""What the runtime attaches to every function and service instance as `self.ctx`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass
+class RuntimeContext:
+    """Identity of one function or service instance, and its way to the job's services.
+
+    `parallel_index` is this instance's index among `parallelism` instances (upstream
+    SAGE name). `emit` is set by the runtime while a flatmap instance runs, for `collect`.
+    """
+
+    name: str
+    job_name: str
+    env_name: str
+    parallel_index: int = 0
+    parallelism: int = 1
+    services: Any = None  # a ServiceCaller
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("sage_jupyter.user"))
+    emit: Callable[[Any], None] | None = None
+
+    # upstream spellings
+    @property
+    def index(self) -> int:
+        return self.parallel_index
+
+
+def make_logger(job_name: str, name: str) -> logging.Logger:
+    return logging.getLogger(f"sage_jupyter.job.{job_name}.{name}")

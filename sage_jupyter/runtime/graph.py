@@ -1,0 +1,75 @@
+"""The logical graph: what the user's DataStream chain describes, before any planning.
+
+The runtime is duck-typed over user code: a stage holds a `factory` that builds the user
+object when the task starts, and `call` says how to drive it. The api layer validates
+classes and fills these in, so the runtime never imports the api.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+# How a stage's object is driven.
+#   "method": factory() returns an object; the runtime attaches `ctx` and calls `.execute`.
+#   "plain":  factory() returns a plain callable used as the execute function.
+#   "iter":   (sources) factory() returns an iterable; each item is a record.
+CALL_STYLES = ("method", "plain", "iter")
+KINDS = ("source", "map", "filter", "flatmap", "sink")
+PARTITIONS = ("forward", "hash", "broadcast")
+
+
+@dataclass
+class StageSpec:
+    """One operator of the logical graph."""
+
+    id: int
+    kind: str
+    name: str
+    factory: Callable[[], Any]
+    call: str
+    parallelism: int = 1
+    upstream: tuple[int, ...] = ()
+    partition: str = "forward"
+    key_factory: Callable[[], Callable[[Any], Any]] | None = None
+    bounded: bool = True  # sources: False for from_source (runs until stopped)
+    user_object: Any = None  # the class or function the user passed, for error messages
+    downstream: list[int] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
+@dataclass
+class ServiceSpec:
+    """A registered service: built in its host (thread or Ray actor) when the job starts."""
+
+    name: str
+    cls: type
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    remote: bool = False
+
+
+@dataclass
+class PipelineGraph:
+    """All stages of one environment, in the order they were declared."""
+
+    stages: list[StageSpec] = field(default_factory=list)
+
+    def add(self, stage: StageSpec) -> StageSpec:
+        self.stages.append(stage)
+        for up in stage.upstream:
+            self.stages[up].downstream.append(stage.id)
+        return stage
+
+    def labels(self) -> dict[int, str]:
+        """Unique, readable labels: `map:Double`, `map:Double#2` for a second one."""
+        seen: dict[str, int] = {}
+        out: dict[int, str] = {}
+        for s in self.stages:
+            n = seen.get(s.label, 0) + 1
+            seen[s.label] = n
+            out[s.id] = s.label if n == 1 else f"{s.label}#{n}"
+        return out

@@ -1,0 +1,354 @@
+"""The one job-status model: states, immutable snapshots, the cleanup report and the handle.
+
+Every view (widget, magics, sidebar comm, JobManager protocol) reads `JobStatus` snapshots
+made here; none keeps a copy of state of its own.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .dispatcher import Dispatcher
+
+
+class JobState(str, enum.Enum):
+    """Life cycle of a job. FINISHED, STOPPED and FAILED are terminal and are set only
+    after every service of the job was cleaned."""
+
+    CREATED = "CREATED"
+    RUNNING = "RUNNING"
+    FINISHED = "FINISHED"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+    FAILED = "FAILED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.FINISHED, JobState.STOPPED, JobState.FAILED)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class TaskState(str, enum.Enum):
+    CREATED = "CREATED"
+    RUNNING = "RUNNING"
+    FINISHED = "FINISHED"
+    STOPPED = "STOPPED"
+    FAILED = "FAILED"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ServiceState(str, enum.Enum):
+    CREATED = "created"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    CLEANED = "cleaned"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """A failure, with where it happened and the original traceback text."""
+
+    where: str
+    type: str
+    message: str
+    traceback: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.type}: {self.message}"
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    """One operator instance: `stage` names the operator, `index` its parallel instance."""
+
+    name: str
+    stage: str
+    index: int
+    state: TaskState
+    records_in: int
+    records_out: int
+    error: ErrorInfo | None = None
+    worker: str = "thread"  # "thread" or the Ray actor id running it
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    kind: str  # "thread" or "ray"
+    state: ServiceState
+    calls: int
+    actor_id: str | None = None
+    error: ErrorInfo | None = None
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    """A node of the logical graph, for pictures of the pipeline."""
+
+    name: str
+    kind: str
+    parallelism: int
+    upstream: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class HookOutcome:
+    """What happened when one cleanup hook ran: ok, error, timeout or skipped."""
+
+    outcome: str
+    duration_s: float = 0.0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in ("ok", "skipped")
+
+
+@dataclass(frozen=True)
+class ServiceCleanup:
+    """Cleanup of one service: its `stop()` and `cleanup()` hooks and, for a Ray actor,
+    whether the actor was killed."""
+
+    name: str
+    kind: str
+    stop: HookOutcome
+    cleanup: HookOutcome
+    killed: bool | None = None  # None: not an actor
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.stop.ok and self.cleanup.ok and self.killed is not False
+
+    @property
+    def cleaned(self) -> bool:
+        return self.ok
+
+    def describe(self) -> str:
+        if self.ok:
+            return "ok"
+        parts = []
+        for hook, res in (("stop", self.stop), ("cleanup", self.cleanup)):
+            if not res.ok:
+                parts.append(f"{hook}() {res.outcome}" + (f": {res.error}" if res.error else ""))
+        if self.killed is False:
+            parts.append("actor not killed")
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class CleanupReport:
+    """What autostop (or stop, or failure) did to each service, in cleanup order."""
+
+    services: tuple[ServiceCleanup, ...]
+    reason: str  # "finished", "stopped" or "failed"
+    tasks_left_running: tuple[str, ...] = ()
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(s.ok for s in self.services) and not self.tasks_left_running
+
+    def __getitem__(self, name: str) -> ServiceCleanup:
+        for s in self.services:
+            if s.name == name:
+                return s
+        raise KeyError(f"no service {name!r} in this cleanup report")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """An immutable snapshot of a job at one moment."""
+
+    job_id: str
+    name: str
+    state: JobState
+    backend: str
+    autostop: bool
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    tasks: tuple[TaskStatus, ...]
+    services: tuple[ServiceStatus, ...]
+    stages: tuple[StageInfo, ...] = ()
+    error: ErrorInfo | None = None
+    cleanup_report: CleanupReport | None = None
+    location: str = "local"  # "local" or "host:port" of a JobManager
+    taken_at: float = field(default_factory=time.time)
+
+    @property
+    def elapsed_s(self) -> float:
+        if self.started_at is None:
+            return 0.0
+        end = self.ended_at if self.ended_at is not None else self.taken_at
+        return max(0.0, end - self.started_at)
+
+    @property
+    def records_in(self) -> int:
+        """Records that reached the sinks."""
+        return sum(t.records_in for t in self.tasks if t.stage.startswith("sink"))
+
+    @property
+    def records_out(self) -> int:
+        """Records produced by the sources."""
+        return sum(t.records_out for t in self.tasks if t.stage.startswith("source"))
+
+    def task(self, name: str) -> TaskStatus:
+        for t in self.tasks:
+            if t.name == name or t.stage == name:
+                return t
+        raise KeyError(f"no task {name!r} in job {self.name!r}")
+
+    def service(self, name: str) -> ServiceStatus:
+        for s in self.services:
+            if s.name == name:
+                return s
+        raise KeyError(f"no service {name!r} in job {self.name!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (enums as strings), for comms and the wire."""
+        return _jsonable(asdict(self))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def status_from_dict(d: dict[str, Any]) -> JobStatus:
+    """Inverse of `JobStatus.to_dict`, used by the JobManager client."""
+
+    def err(e: dict | None) -> ErrorInfo | None:
+        return ErrorInfo(**e) if e else None
+
+    def hook(h: dict) -> HookOutcome:
+        return HookOutcome(**h)
+
+    report = d.get("cleanup_report")
+    return JobStatus(
+        job_id=d["job_id"],
+        name=d["name"],
+        state=JobState(d["state"]),
+        backend=d["backend"],
+        autostop=d["autostop"],
+        created_at=d["created_at"],
+        started_at=d["started_at"],
+        ended_at=d["ended_at"],
+        tasks=tuple(
+            TaskStatus(**{**t, "state": TaskState(t["state"]), "error": err(t.get("error"))})
+            for t in d["tasks"]
+        ),
+        services=tuple(
+            ServiceStatus(**{**s, "state": ServiceState(s["state"]), "error": err(s.get("error"))})
+            for s in d["services"]
+        ),
+        stages=tuple(StageInfo(**{**s, "upstream": tuple(s["upstream"])}) for s in d.get("stages", ())),
+        error=err(d.get("error")),
+        cleanup_report=None
+        if not report
+        else CleanupReport(
+            services=tuple(
+                ServiceCleanup(**{**s, "stop": hook(s["stop"]), "cleanup": hook(s["cleanup"])})
+                for s in report["services"]
+            ),
+            reason=report["reason"],
+            tasks_left_running=tuple(report.get("tasks_left_running", ())),
+            duration_s=report.get("duration_s", 0.0),
+        ),
+        location=d.get("location", "local"),
+        taken_at=d.get("taken_at", time.time()),
+    )
+
+
+StatusListener = Callable[[JobStatus], None]
+
+
+class JobHandle:
+    """What `submit()` returns: wait for, stop and observe one job.
+
+    A thin view over the dispatcher that runs the job; all state lives there.
+    """
+
+    def __init__(self, dispatcher: "Dispatcher") -> None:
+        self._dispatcher = dispatcher
+
+    @property
+    def job_id(self) -> str:
+        return self._dispatcher.job_id
+
+    @property
+    def name(self) -> str:
+        return self._dispatcher.name
+
+    @property
+    def state(self) -> JobState:
+        return self._dispatcher.state
+
+    @property
+    def done(self) -> bool:
+        return self._dispatcher.state.terminal
+
+    @property
+    def cleanup_report(self) -> CleanupReport | None:
+        """The report of the last cleanup, or None while services have not been cleaned."""
+        return self._dispatcher.cleanup_report
+
+    @property
+    def error(self) -> ErrorInfo | None:
+        return self._dispatcher.error
+
+    def status(self) -> JobStatus:
+        return self._dispatcher.snapshot()
+
+    def wait(self, timeout: float | None = None) -> JobState:
+        """Block until the job ended and its services were cleaned; return the final state.
+
+        Raises `PipelineError` if the job failed and `TimeoutError` if `timeout` passed.
+        A job submitted without autostop returns once all its tasks ended: its services
+        stay up (state RUNNING) until `stop()`.
+        """
+        return self._dispatcher.wait(timeout)
+
+    def stop(self, wait: bool = True, timeout: float | None = None) -> JobState:
+        """Stop gracefully: sources stop, in-flight records drain within the graceful
+        timeout, then services are cleaned. With `wait=False` return at once."""
+        self._dispatcher.request_stop()
+        if wait:
+            try:
+                return self._dispatcher.wait(timeout, raise_on_failure=False, until_terminal=True)
+            except TimeoutError:
+                return self._dispatcher.state
+        return self._dispatcher.state
+
+    def subscribe(self, listener: StatusListener) -> Callable[[], None]:
+        """Call `listener(snapshot)` on every state change (not per record); returns an
+        unsubscribe function. Listeners run on runtime threads and must be quick."""
+        return self._dispatcher.subscribe(listener)
+
+    def __repr__(self) -> str:
+        s = self.status()
+        return (
+            f"<JobHandle {s.name!r} id={s.job_id} state={s.state.value} backend={s.backend} "
+            f"tasks={len(s.tasks)} services={len(s.services)}>"
+        )

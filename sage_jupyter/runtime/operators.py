@@ -1,0 +1,253 @@
+"""Operators run a micro-batch at a time: one user call per record, bookkeeping per batch.
+
+`ChainRunner` drives one parallel instance of a chain (source or not). It is the same on
+every backend: the thread backend calls it from a thread, the Ray backend from an actor.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import zlib
+from typing import Any, Callable
+
+from .context import RuntimeContext
+from .graph import StageSpec
+from .plan import ChainSpec, EdgeSpec
+
+MAX_BATCH = 1024
+# A source batch is sent on as soon as it took this long to fill, so slow sources keep
+# low latency while fast ones reach full batches.
+FAST_BATCH_S = 0.002
+SLOW_BATCH_S = 0.02
+POLL_BACKOFF_MAX_S = 0.05
+
+MakeContext = Callable[[str, int, int], RuntimeContext]
+
+
+class Operator:
+    """One stage instance: the user object, its execute function and its counters."""
+
+    __slots__ = ("stage", "label", "index", "obj", "fn", "ctx", "records_in", "records_out", "closed")
+
+    def __init__(self, stage: StageSpec, label: str, index: int, ctx: RuntimeContext) -> None:
+        self.stage = stage
+        self.label = label
+        self.index = index
+        self.ctx = ctx
+        self.records_in = 0
+        self.records_out = 0
+        self.closed = False
+        built = stage.factory()
+        if stage.call == "method":
+            built.ctx = ctx
+            self.obj, self.fn = built, built.execute
+        else:  # "plain": the callable itself; "iter": the iterable
+            self.obj, self.fn = built, built
+
+    def step(self) -> Callable[[list], list | None]:
+        """A function that runs this operator over one batch."""
+        fn, op, kind = self.fn, self, self.stage.kind
+
+        if kind == "map":
+            def run(batch: list) -> list:
+                op.records_in += len(batch)
+                out = [fn(x) for x in batch]
+                op.records_out += len(out)
+                return out
+        elif kind == "filter":
+            def run(batch: list) -> list:
+                op.records_in += len(batch)
+                out = [x for x in batch if fn(x)]
+                op.records_out += len(out)
+                return out
+        elif kind == "flatmap":
+            ctx = self.ctx
+
+            def run(batch: list) -> list:
+                op.records_in += len(batch)
+                out: list = []
+                ctx.emit = out.append  # what `self.collect(x)` calls
+                try:
+                    for x in batch:
+                        produced = fn(x)
+                        if produced is not None:
+                            out.extend(produced)
+                finally:
+                    ctx.emit = None
+                op.records_out += len(out)
+                return out
+        elif kind == "sink":
+            def run(batch: list) -> None:
+                for x in batch:
+                    fn(x)
+                op.records_in += len(batch)
+                return None
+        else:
+            raise ValueError(f"{self.label}: a {kind} stage cannot follow another stage")
+        return run
+
+    def close(self) -> None:
+        """Call the user's `close()` once."""
+        if self.closed:
+            return
+        self.closed = True
+        close = getattr(self.obj, "close", None) if self.stage.call == "method" else None
+        if callable(close):
+            close()
+
+
+class ChainRunner:
+    """Runs the operators of one chain instance in order over each batch."""
+
+    def __init__(self, chain: ChainSpec, index: int, make_ctx: MakeContext) -> None:
+        self.chain = chain
+        self.index = index
+        self._make_ctx = make_ctx
+        self.ops: list[Operator] = []
+        self._steps: list[tuple[Operator, Callable[[list], list | None]]] = []
+        self.current: Operator | None = None  # the operator running now, for error messages
+
+    def open(self) -> None:
+        for stage, label in zip(self.chain.stages, self.chain.labels):
+            self.current = None
+            ctx = self._make_ctx(label, self.index, self.chain.parallelism)
+            op = Operator(stage, label, self.index, ctx)
+            self.ops.append(op)
+            if stage.kind != "source":
+                self._steps.append((op, op.step()))
+        self.current = None
+
+    @property
+    def failing_label(self) -> str:
+        """Where an exception came from: the operator running, else the chain."""
+        if self.current is not None:
+            return self.current.label
+        return self.ops[-1].label if self.ops else self.chain.labels[0]
+
+    def process(self, batch: list) -> list | None:
+        for op, run in self._steps:
+            self.current = op
+            batch = run(batch)
+            if not batch:
+                self.current = None
+                return None
+        self.current = None
+        return batch
+
+    def run_source(self, should_stop: Callable[[], bool], wait_stop: Callable[[float], Any],
+                   emit: Callable[[list], None]) -> bool:
+        """Pull records from the source until it ends or a stop is requested.
+
+        Returns True if the source was exhausted, False if it was stopped.
+        """
+        src = self.ops[0]
+        stage = src.stage
+        size = 1
+        backoff = 0.0
+        if stage.call == "iter":
+            iterator = iter(src.obj)
+        while True:
+            if should_stop():
+                return False
+            t0 = time.perf_counter()
+            self.current = src
+            exhausted = False
+            if stage.call == "iter":
+                batch = list(itertools.islice(iterator, size))
+                exhausted = len(batch) < size
+            else:
+                fn = src.fn
+                batch = []
+                for _ in range(size):
+                    record = fn()
+                    if record is None:
+                        exhausted = stage.bounded  # an unbounded source is polled again
+                        break
+                    batch.append(record)
+            self.current = None
+            if batch:
+                src.records_out += len(batch)
+                out = self.process(batch)
+                if out:
+                    emit(out)
+                backoff = 0.0
+            if exhausted:
+                return True
+            dt = time.perf_counter() - t0
+            if dt < FAST_BATCH_S and size < MAX_BATCH and len(batch) == size:
+                size *= 2
+            elif dt > SLOW_BATCH_S and size > 1:
+                size //= 2
+            if not batch:  # an idle unbounded source: wait a little, but wake on stop
+                backoff = min(POLL_BACKOFF_MAX_S, backoff * 2 or 0.001)
+                wait_stop(backoff)
+
+    def close(self) -> None:
+        """Close every operator in chain order; the first error is raised after all ran."""
+        first: BaseException | None = None
+        for op in self.ops:
+            self.current = op
+            try:
+                op.close()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                first = first or exc
+        self.current = None
+        if first is not None:
+            raise first
+
+    def close_quietly(self) -> None:
+        for op in self.ops:
+            try:
+                op.close()
+            except BaseException:  # noqa: BLE001 - the job is already ending on an error
+                pass
+
+
+def stable_hash(key: Any) -> int:
+    """A hash equal in every process (Python salts str hashes per process)."""
+    if isinstance(key, int):
+        return key
+    if isinstance(key, str):
+        return zlib.crc32(key.encode("utf-8", "surrogatepass"))
+    if isinstance(key, bytes):
+        return zlib.crc32(key)
+    if isinstance(key, tuple):
+        h = 0x345678
+        for item in key:
+            h = (h * 1000003) ^ stable_hash(item)
+        return h & 0xFFFFFFFFFFFF
+    return hash(key)
+
+
+def make_route(edge: EdgeSpec, index: int, put: list[Callable[[Any], None]]) -> Callable[[list], None]:
+    """How one producer instance sends a batch over `edge`; `put[i]` feeds consumer i."""
+    n = len(put)
+    if edge.mode == "pointwise":
+        return put[index]
+    if edge.mode == "broadcast":
+        def broadcast(batch: list) -> None:
+            for p in put:
+                p(batch)
+        return broadcast
+    if edge.mode == "hash":
+        key = edge.key_factory() if edge.key_factory else (lambda x: x)
+
+        def by_key(batch: list) -> None:
+            buckets: list[list] = [[] for _ in range(n)]
+            for x in batch:
+                buckets[stable_hash(key(x)) % n].append(x)
+            for i, bucket in enumerate(buckets):
+                if bucket:
+                    put[i](bucket)
+        return by_key
+    counter = itertools.count(index)  # rebalance, staggered by producer
+
+    def round_robin(batch: list) -> None:
+        put[next(counter) % n](batch)
+    return round_robin
+
+
+def end_targets(edge: EdgeSpec, index: int, n: int) -> range:
+    """Consumer instances that get this producer's end marker over `edge`."""
+    return range(index, index + 1) if edge.mode == "pointwise" else range(n)

@@ -1,0 +1,225 @@
+"""Service hosting and calling.
+
+A host owns one service instance for one job: in this thread's process (`LocalServiceHost`)
+or in a Ray actor (`ray_services.RayServiceHost`). Both offer the same small interface, so
+the dispatcher and `call_service` do not care where a service lives.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+import time
+import traceback
+from typing import Any, Callable
+
+from .context import RuntimeContext, make_logger
+from .errors import ServiceCallError
+from .graph import ServiceSpec
+from .job import ErrorInfo, HookOutcome, ServiceCleanup, ServiceState, ServiceStatus
+from .policy import CleanupPolicy
+from .threads import spawn
+
+
+def error_info(where: str, exc: BaseException) -> ErrorInfo:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return ErrorInfo(where=where, type=type(exc).__name__, message=str(exc), traceback=tb)
+
+
+def tag_service_error(exc: BaseException, service: str, method: str) -> None:
+    """Put the service's name into the exception's message, keeping its type."""
+    tag = f"[service {service!r}.{method}()]"
+    if getattr(exc, "_sage_tagged", False):
+        return
+    try:
+        if exc.args and isinstance(exc.args[0], str):
+            exc.args = (f"{tag} {exc.args[0]}",) + tuple(exc.args[1:])
+        elif hasattr(exc, "add_note"):
+            exc.add_note(f"raised by {tag}")
+        exc._sage_tagged = True  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - some exception types refuse new attributes
+        pass
+
+
+def run_hook(fn: Callable[[], Any] | None, timeout: float, name: str) -> HookOutcome:
+    """Run one lifecycle hook in a daemon thread, giving up after `timeout` seconds."""
+    if fn is None:
+        return HookOutcome("skipped")
+    result: list[BaseException | None] = []
+    t0 = time.perf_counter()
+
+    def target() -> None:
+        try:
+            fn()
+            result.append(None)
+        except BaseException as exc:  # noqa: BLE001 - recorded in the report
+            result.append(exc)
+
+    worker = spawn(target, name)
+    worker.join(timeout)
+    dt = time.perf_counter() - t0
+    if worker.is_alive():
+        return HookOutcome("timeout", dt, f"still running after {timeout:g} s")
+    exc = result[0]
+    if exc is None:
+        return HookOutcome("ok", dt)
+    return HookOutcome("error", dt, f"{type(exc).__name__}: {exc}")
+
+
+class ServiceHost(abc.ABC):
+    """Interface of a service host. Subclasses fill in where the instance lives."""
+
+    kind = "thread"
+
+    def __init__(self, spec: ServiceSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.state = ServiceState.CREATED
+        self.calls = 0
+        self.error: ErrorInfo | None = None
+        self.accepting = False
+
+    @abc.abstractmethod
+    def start(self, ctx: RuntimeContext) -> None:
+        """Build the instance, attach its context, run `setup()` then `start()`."""
+
+    @abc.abstractmethod
+    def method(self, method: str) -> Callable[..., Any]:
+        """A callable that runs `method` on the service, counting calls."""
+
+    @abc.abstractmethod
+    def stop_and_cleanup(self, policy: CleanupPolicy) -> ServiceCleanup:
+        """Run `stop()` then `cleanup()` under the policy's timeouts; never raises."""
+
+    @property
+    def actor_id(self) -> str | None:
+        return None
+
+    def status(self) -> ServiceStatus:
+        return ServiceStatus(self.name, self.kind, self.state, self.calls, self.actor_id, self.error)
+
+
+class LocalServiceHost(ServiceHost):
+    """A service living in this process; calls are plain method calls (no queue hop)."""
+
+    kind = "thread"
+
+    def __init__(self, spec: ServiceSpec) -> None:
+        super().__init__(spec)
+        self.instance: Any = None
+
+    def start(self, ctx: RuntimeContext) -> None:
+        self.state = ServiceState.STARTING
+        self.instance = self.spec.cls(*self.spec.args, **self.spec.kwargs)
+        self.instance.ctx = ctx
+        self.accepting = True  # setup() may already call other services or itself
+        for hook in ("setup", "start"):
+            fn = getattr(self.instance, hook, None)
+            if callable(fn):
+                fn()
+        self.state = ServiceState.RUNNING
+
+    def method(self, method: str) -> Callable[..., Any]:
+        bound = getattr(self.instance, method, None)
+        if method.startswith("_") or not callable(bound):
+            raise ServiceCallError(
+                f"service {self.name!r} ({type(self.instance).__name__}) has no method {method!r}"
+            )
+        host = self
+        name = self.name
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if not host.accepting:
+                raise ServiceCallError(f"service {name!r} is {host.state.value}; it takes no more calls")
+            host.calls += 1
+            try:
+                return bound(*args, **kwargs)
+            except Exception as exc:
+                tag_service_error(exc, name, method)
+                raise
+
+        return call
+
+    def stop_and_cleanup(self, policy: CleanupPolicy) -> ServiceCleanup:
+        t0 = time.perf_counter()
+        if self.instance is None:  # never built
+            self.state = ServiceState.CLEANED
+            skipped = HookOutcome("skipped")
+            return ServiceCleanup(self.name, self.kind, skipped, skipped)
+        self.state = ServiceState.STOPPING
+        stop = run_hook(getattr(self.instance, "stop", None), policy.graceful_timeout, f"sage-stop:{self.name}")
+        self.accepting = False
+        cleanup = run_hook(
+            getattr(self.instance, "cleanup", None), policy.graceful_timeout, f"sage-cleanup:{self.name}"
+        )
+        report = ServiceCleanup(self.name, self.kind, stop, cleanup, None, time.perf_counter() - t0)
+        self.state = ServiceState.CLEANED if report.ok else ServiceState.FAILED
+        return report
+
+
+class ServiceProxy:
+    """`call_service["name"]`: attribute access gives the service's methods."""
+
+    def __init__(self, host: ServiceHost) -> None:
+        self._host = host
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        if method.startswith("__"):
+            raise AttributeError(method)
+        call = self._host.method(method)
+        self.__dict__[method] = call  # later lookups skip __getattr__
+        return call
+
+    def __repr__(self) -> str:
+        return f"<service {self._host.name!r} ({self._host.kind})>"
+
+
+class ServiceCaller:
+    """`self.call_service` in functions and services.
+
+    `call_service["cache"].get(key)` or the upstream form
+    `call_service("cache", key, method="get", timeout=10)`.
+    """
+
+    def __init__(self, hosts: dict[str, ServiceHost], executor_factory: Callable[[], Any]) -> None:
+        self._hosts = hosts
+        self._proxies: dict[str, ServiceProxy] = {}
+        self._executor_factory = executor_factory
+
+    def __getitem__(self, name: str) -> ServiceProxy:
+        proxy = self._proxies.get(name)
+        if proxy is None:
+            host = self._hosts.get(name)
+            if host is None:
+                known = ", ".join(sorted(self._hosts)) or "none"
+                raise ServiceCallError(
+                    f"unknown service {name!r}; registered services: {known} "
+                    "(register it with env.register_service)"
+                )
+            proxy = self._proxies[name] = ServiceProxy(host)
+        return proxy
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._hosts
+
+    def __call__(self, name: str, *args: Any, method: str = "process", timeout: float | None = None,
+                 **kwargs: Any) -> Any:
+        call = getattr(self[name], method)
+        if timeout is None:
+            return call(*args, **kwargs)
+        future = self._executor_factory().submit(call, *args, **kwargs)
+        try:
+            return future.result(timeout)
+        except TimeoutError as exc:
+            if future.done():
+                raise
+            raise TimeoutError(f"service {name!r}.{method}() did not answer within {timeout:g} s") from exc
+
+    def call_async(self, name: str, *args: Any, method: str = "process", **kwargs: Any):
+        """Run a service call on the job's call pool; returns a `concurrent.futures.Future`."""
+        kwargs.pop("timeout", None)  # a Future has its own timeout in .result()
+        call = getattr(self[name], method)
+        return self._executor_factory().submit(call, *args, **kwargs)
+
+    def names(self) -> list[str]:
+        return list(self._hosts)

@@ -1,0 +1,112 @@
+"""Thread backend: one daemon thread per chain instance, bounded channels between them."""
+
+from __future__ import annotations
+
+from .backend import JobRuntime, TaskBackend
+from .channels import END, Aborted, Channel
+from .job import ErrorInfo, TaskState, TaskStatus
+from .operators import ChainRunner, end_targets, make_route
+from .plan import ChainSpec, Plan
+from .services import error_info
+from .threads import spawn
+
+CHANNEL_CAPACITY = 16  # batches per consumer instance: at most ~16k records in flight
+
+
+class ThreadTask:
+    def __init__(self, chain: ChainSpec, index: int, job: JobRuntime,
+                 inbox: Channel | None, outputs: list[tuple]) -> None:
+        self.chain = chain
+        self.index = index
+        self.job = job
+        self.name = chain.task_name(index)
+        self.runner = ChainRunner(chain, index, job.make_ctx)
+        self.inbox = inbox
+        self.outputs = outputs  # (edge, consumer channels)
+        self.state = TaskState.CREATED
+        self.error: ErrorInfo | None = None
+        self.thread = spawn(self.run, f"sage:{job.job_name}:{self.name}", job.output, start=False)
+
+    def run(self) -> None:
+        self.state = TaskState.RUNNING
+        stop = self.job.stop_requested
+        routes = [make_route(edge, self.index, [c.put for c in chans]) for edge, chans in self.outputs]
+        send = routes[0] if len(routes) == 1 else (lambda batch: [r(batch) for r in routes])
+        try:
+            self.runner.open()
+            stopped = False
+            if self.chain.is_source:
+                stopped = not self.runner.run_source(stop.is_set, stop.wait, send if routes else _drop)
+            else:
+                ends, expected, get, process = 0, self.chain.ends_expected, self.inbox.get, self.runner.process
+                while ends < expected:
+                    batch = get()
+                    if batch is END:
+                        ends += 1
+                        continue
+                    out = process(batch)
+                    if out and routes:
+                        send(out)
+            self.runner.close()
+            for edge, chans in self.outputs:
+                for i in end_targets(edge, self.index, len(chans)):
+                    chans[i].put(END)
+            self.state = TaskState.STOPPED if stopped else TaskState.FINISHED
+        except Aborted:
+            self.state = TaskState.STOPPED
+            self.runner.close_quietly()
+        except BaseException as exc:  # noqa: BLE001 - reported to the dispatcher
+            where = f"stage {self.runner.failing_label!r} (instance {self.index})"
+            self.error = error_info(where, exc)
+            self.state = TaskState.FAILED
+            self.runner.close_quietly()
+        self.job.on_task_end(self.name, self.state, self.error)
+
+    def statuses(self) -> list[TaskStatus]:
+        ops = {op.label: op for op in self.runner.ops}
+        out = []
+        for label in self.chain.labels:
+            op = ops.get(label)
+            err = self.error if self.error and self.runner.failing_label == label else None
+            out.append(TaskStatus(f"{label}[{self.index}]", label, self.index, self.state,
+                                  op.records_in if op else 0, op.records_out if op else 0, err))
+        return out
+
+
+def _drop(batch: list) -> None:
+    """Output of a chain with no consumer (a stage nobody reads)."""
+
+
+class ThreadBackend(TaskBackend):
+    name = "thread"
+
+    def __init__(self) -> None:
+        self.tasks: list[ThreadTask] = []
+        self.channels: dict[int, list[Channel]] = {}
+
+    def launch(self, plan: Plan, job: JobRuntime) -> None:
+        for chain in plan.chains:
+            if chain.inputs:
+                self.channels[chain.id] = [Channel(CHANNEL_CAPACITY) for _ in range(chain.parallelism)]
+        for chain, index in plan.instances():
+            inbox = self.channels[chain.id][index] if chain.inputs else None
+            outputs = [(edge, self.channels[edge.dst]) for edge in chain.outputs]
+            self.tasks.append(ThreadTask(chain, index, job, inbox, outputs))
+        for task in self.tasks:
+            task.thread.start()
+
+    def request_stop(self) -> None:
+        """Sources watch the job's stop event; nothing more to do here."""
+
+    def abort(self) -> None:
+        for chans in self.channels.values():
+            for chan in chans:
+                chan.abort()
+
+    def join(self, timeout: float) -> list[str]:
+        from .executor import join_all
+
+        return join_all([t.thread for t in self.tasks], timeout)
+
+    def task_statuses(self) -> list[TaskStatus]:
+        return [s for t in self.tasks for s in t.statuses()]
