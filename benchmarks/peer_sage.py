@@ -22,6 +22,7 @@ b) the same with upstream's per-record sleep PATCHED OUT. Upstream hard-codes
    every record a source emits (about 10 ms per record). For this run only the
    script monkeypatches ``BaseTask.delay`` to return 0 in this process (the
    installed package is not modified); the output says ``patched_sleep=True``.
+   Upstream still writes per-record DEBUG logs to files, which bounds this run.
    ``--patch-sleep`` picks stock, patched or both (default both).
 c) autostop latency, stock upstream: a small batch (``--latency-n``, default 20)
    through the same pipeline with three registered ``BaseService`` subclasses
@@ -29,8 +30,9 @@ c) autostop latency, stock upstream: a small batch (``--latency-n``, default 20)
    receiving its last record to ``submit(autostop=True)`` returning, median of
    ``--runs`` runs (default 3). Upstream ends a batch with quiet-period timers
    (each map/filter drains its queue until 0.5 s pass without input, the sink
-   until 0.3 s pass) and ``submit`` polls for completion once per second, so
-   this is expected to be well above a second.
+   until 0.3 s pass), then stops the services one after another (each stop
+   joins a request listener that polls with a 1 s timeout), and ``submit``
+   polls for completion once per second, so expect several seconds.
 
 Side effects of upstream: its local JobManager binds 127.0.0.1:19001 and
 installs SIGINT/SIGTERM handlers, it prints to stdout and writes logs under
@@ -54,6 +56,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from typing import Any
 
 # Keep stdout for our figures only; everything upstream prints goes to stderr.
@@ -71,7 +74,6 @@ from sage.common.core.functions import (  # noqa: E402
     MapFunction,
     SinkFunction,
 )
-from sage.kernel import __version__ as SAGE_VERSION  # noqa: E402
 from sage.kernel.api.local_environment import LocalEnvironment  # noqa: E402
 from sage.kernel.api.service import BaseService  # noqa: E402
 from sage.kernel.runtime.task.base_task import BaseTask  # noqa: E402
@@ -149,7 +151,7 @@ _run_no = 0
 
 
 def run_pipeline(n: int, services: int) -> tuple[float, float | None]:
-    """Run one autostop batch; return seconds from submit to its return and to the last sink record."""
+    """Run one autostop batch; return seconds from submit to its return and to the last record."""
     global _run_no, _probe
     _run_no += 1
     _probe = _Probe()
@@ -212,6 +214,10 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _line(**fields: Any) -> str:
+    return "peer_sage " + " ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=2000, help="records for the throughput runs")
@@ -230,18 +236,22 @@ def main() -> int:
     # Start upstream's JobManager singleton (port 19001, log setup) outside the timed runs.
     LocalEnvironment("peer_sage_warmup").jobmanager  # noqa: B018
 
-    figures: dict[str, Any] = {"sage_kernel_version": SAGE_VERSION, "n": args.n}
+    figures: dict[str, Any] = {"sage_kernel_version": version("isage-kernel"), "n": args.n}
     lines: list[str] = []
     modes = {"both": (False, True), "off": (False,), "on": (True,)}[args.patch_sleep]
     for patched in modes:
         tp = throughput(args.n, patched)
-        key = "throughput_patched" if patched else "throughput_stock"
-        figures.update({f"{key}_{k}": v for k, v in tp.items()})
+        prefix = "throughput_patched" if patched else "throughput_stock"
+        figures.update({f"{prefix}_{k}": v for k, v in tp.items()})
         lines.append(
-            f"throughput_records_per_s={_fmt(tp['records_per_s'])} elapsed_s={_fmt(tp['elapsed_s'])}"
-            f" last_record_s={_fmt(tp['last_record_s'])} sink_count={tp['sink_count']}"
-            f" expected={tp['expected']} lost={tp['lost']} n={args.n} patched_sleep={patched}"
-            + (f" sleep_patch={SLEEP_PATCH}" if patched else "")
+            _line(
+                throughput_records_per_s=tp["records_per_s"],
+                **{k: tp[k] for k in ("elapsed_s", "last_record_s", "sink_count", "expected")},
+                lost=tp["lost"],
+                n=args.n,
+                patched_sleep=patched,
+                **({"sleep_patch": SLEEP_PATCH} if patched else {}),
+            )
         )
     if True in modes:
         figures["sleep_patch"] = SLEEP_PATCH
@@ -252,16 +262,22 @@ def main() -> int:
         figures["autostop_latency_services"] = N_SERVICES
         figures["autostop_latency_patched_sleep"] = False
         lines.append(
-            f"autostop_latency_median_s={_fmt(lat['median_s'])} runs_s={_fmt(lat['runs_s'])}"
-            f" cleanup_after_last_record_median_s={_fmt(lat['cleanup_after_last_record_median_s'])}"
-            f" service_cleanups={lat['service_cleanups']}/{lat['service_cleanups_expected']}"
-            f" lost={lat['lost']} n={args.latency_n} services={N_SERVICES} patched_sleep=False"
+            _line(
+                autostop_latency_median_s=lat["median_s"],
+                runs_s=lat["runs_s"],
+                cleanup_after_last_record_median_s=lat["cleanup_after_last_record_median_s"],
+                service_cleanups=f"{lat['service_cleanups']}/{lat['service_cleanups_expected']}",
+                lost=lat["lost"],
+                n=args.latency_n,
+                services=N_SERVICES,
+                patched_sleep=False,
+            )
         )
 
     if args.json:
         _OUT.write(json.dumps(figures) + "\n")
     else:
-        _OUT.write("".join(f"peer_sage {line}\n" for line in lines))
+        _OUT.write("".join(line + "\n" for line in lines))
     return 0
 
 

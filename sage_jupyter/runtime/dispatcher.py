@@ -282,8 +282,10 @@ class Dispatcher:
         )
 
     def subscribe(self, listener: StatusListener) -> Callable[[], None]:
+        """Register `listener`; it gets the current snapshot at once, then one per change."""
         with self._lock:
             self._listeners.append(listener)
+        listener(self.snapshot())
 
         def unsubscribe() -> None:
             with self._lock:

@@ -342,8 +342,8 @@ class JobHandle:
         return self._dispatcher.state
 
     def subscribe(self, listener: StatusListener) -> Callable[[], None]:
-        """Call `listener(snapshot)` on every state change (not per record); returns an
-        unsubscribe function. Listeners run on runtime threads and must be quick."""
+        """Call `listener(snapshot)` now and on every state change (not per record); returns
+        an unsubscribe function. Listeners run on runtime threads and must be quick."""
         return self._dispatcher.subscribe(listener)
 
     def __repr__(self) -> str:

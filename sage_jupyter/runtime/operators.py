@@ -52,7 +52,7 @@ class Operator:
         if kind == "map":
             def run(batch: list) -> list:
                 op.records_in += len(batch)
-                out = [fn(x) for x in batch]
+                out = [y for y in map(fn, batch) if y is not None]  # None drops it, as upstream
                 op.records_out += len(out)
                 return out
         elif kind == "filter":
