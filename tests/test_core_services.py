@@ -195,3 +195,30 @@ def test_a_service_can_call_another_service():
     env.from_batch([1, 2]).map(Use).sink(Collector, out)
     env.submit(autostop=True)
     assert out == [4, 6]
+
+
+def test_service_calls_are_serialized_like_an_actor():
+    class Counter(BaseService):
+        def setup(self):
+            self.n = 0
+
+        def bump(self):
+            n = self.n
+            time.sleep(0)  # invite a thread switch inside the read-modify-write
+            self.n = n + 1
+
+        def cleanup(self):
+            totals.append(self.n)
+
+    totals: list = []
+
+    class Bump(MapFunction):
+        def execute(self, data):
+            self.call_service["counter"].bump()
+            return data
+
+    env = LocalEnvironment("serial")
+    env.register_service("counter", Counter)
+    env.from_batch(range(3000)).map(Bump, parallelism=3).sink(lambda x: None)
+    env.submit(autostop=True)
+    assert totals == [3000]

@@ -12,7 +12,11 @@ class BaseService(_Servicing):
     calls; at cleanup `stop()` then `cleanup()`. A service method is an ordinary method.
 
     `__init__` takes no required arguments; the runtime attaches `self.ctx` afterwards.
+    Calls run one at a time, as on a Ray actor; a service whose methods are thread-safe
+    can set `concurrent_calls = True` to let parallel tasks call it at once.
     """
+
+    concurrent_calls: bool = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()

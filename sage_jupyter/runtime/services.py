@@ -107,6 +107,7 @@ class LocalServiceHost(ServiceHost):
     def __init__(self, spec: ServiceSpec) -> None:
         super().__init__(spec)
         self.instance: Any = None
+        self._lock = threading.RLock()  # reentrant: a service may call itself
 
     def start(self, ctx: RuntimeContext) -> None:
         self.state = ServiceState.STARTING
@@ -127,18 +128,32 @@ class LocalServiceHost(ServiceHost):
             )
         host = self
         name = self.name
+        if getattr(self.instance, "concurrent_calls", False):
+            def call(*args: Any, **kwargs: Any) -> Any:
+                if not host.accepting:
+                    raise ServiceCallError(f"service {name!r} is {host.state.value}; it takes no more calls")
+                host.calls += 1
+                try:
+                    return bound(*args, **kwargs)
+                except Exception as exc:
+                    tag_service_error(exc, name, method)
+                    raise
+            return call
 
-        def call(*args: Any, **kwargs: Any) -> Any:
+        lock = self._lock
+
+        def serialized(*args: Any, **kwargs: Any) -> Any:
             if not host.accepting:
                 raise ServiceCallError(f"service {name!r} is {host.state.value}; it takes no more calls")
-            host.calls += 1
-            try:
-                return bound(*args, **kwargs)
-            except Exception as exc:
-                tag_service_error(exc, name, method)
-                raise
+            with lock:  # one call at a time, like an actor: service state needs no locks of its own
+                host.calls += 1
+                try:
+                    return bound(*args, **kwargs)
+                except Exception as exc:
+                    tag_service_error(exc, name, method)
+                    raise
 
-        return call
+        return serialized
 
     def stop_and_cleanup(self, policy: CleanupPolicy) -> ServiceCleanup:
         t0 = time.perf_counter()

@@ -1,0 +1,193 @@
+"""Core runtime figures, each measured against its reference in the same run.
+
+    python benchmarks/bench_core.py [--n 1000000] [--json]
+    SAGE_PEER_PYTHON=/path/to/venv/bin/python python benchmarks/bench_core.py   # adds upstream SAGE
+
+Figures: pipeline throughput as a fraction of a plain Python loop making the same calls
+(target >= 0.5), autostop latency with 3 services (target median < 20 ms), service calls
+per second from a map (target > 1,000,000), RSS growth over 3,000,000 records through a
+slow sink (target < 150 MB), and, with SAGE_PEER_PYTHON set, the same figures from upstream
+SAGE (`benchmarks/peer_sage.py`, run in that interpreter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from sage_jupyter import (BaseService, FilterFunction, LocalEnvironment, MapFunction, SinkFunction)
+
+
+class Double(MapFunction):
+    def execute(self, data):
+        return data * 2
+
+
+class ThirdOnly(FilterFunction):
+    def execute(self, data):
+        return data % 3 == 0
+
+
+class Count(SinkFunction):
+    count = 0
+
+    def execute(self, data):
+        Count.count += 1
+
+
+def plain_loop(n: int) -> float:
+    m, f, s = Double(), ThirdOnly(), Count()
+    Count.count = 0
+    t0 = time.perf_counter()
+    for x in range(n):
+        y = m.execute(x)
+        if f.execute(y):
+            s.execute(y)
+    return time.perf_counter() - t0
+
+
+def pipeline(n: int, parallelism: int = 1) -> float:
+    Count.count = 0
+    env = LocalEnvironment("bench")
+    env.from_batch(range(n)).map(Double, parallelism=parallelism).filter(ThirdOnly, parallelism=parallelism).sink(Count)
+    t0 = time.perf_counter()
+    env.submit(autostop=True)
+    dt = time.perf_counter() - t0
+    assert Count.count == len(range(0, 2 * n, 6)), Count.count
+    return dt
+
+
+def throughput(n: int) -> dict:
+    loop = min(plain_loop(n) for _ in range(3))
+    chained = min(pipeline(n) for _ in range(3))
+    parallel = min(pipeline(n, 2) for _ in range(2))
+    return {
+        "records": n,
+        "plain_loop_records_per_s": n / loop,
+        "pipeline_records_per_s": n / chained,
+        "pipeline_vs_loop": loop / chained,
+        "pipeline_parallelism2_records_per_s": n / parallel,
+        "pipeline_parallelism2_vs_loop": loop / parallel,
+    }
+
+
+class Svc(BaseService):
+    def ping(self, x):
+        return x
+
+
+def autostop_latency(runs: int = 30) -> dict:
+    """Last sink record -> blocking submit returned, with 3 services cleaned."""
+    samples = []
+    for _ in range(runs):
+        last = [0.0]
+
+        def sink(x, last=last):
+            last[0] = time.perf_counter()
+
+        env = LocalEnvironment("latency")
+        for i in range(3):
+            env.register_service(f"svc{i}", Svc)
+        env.from_batch(range(20)).map(lambda x: x + 1).sink(sink)
+        env.submit(autostop=True)
+        done = time.perf_counter()
+        assert env.job.cleanup_report.ok and len(env.job.cleanup_report.services) == 3
+        samples.append(done - last[0])
+    return {"autostop_latency_median_ms": statistics.median(samples) * 1e3,
+            "autostop_latency_max_ms": max(samples) * 1e3}
+
+
+class CallsService(MapFunction):
+    def execute(self, data):
+        return self.call_service["svc"].ping(data)
+
+
+def service_calls(n: int) -> dict:
+    env = LocalEnvironment("calls")
+    env.register_service("svc", Svc)
+    env.from_batch(range(n)).map(CallsService).sink(lambda x: None)
+    t0 = time.perf_counter()
+    env.submit(autostop=True)
+    dt = time.perf_counter() - t0
+    assert env.job.status().service("svc").calls == n
+    return {"service_calls_per_s": n / dt}
+
+
+class SlowSink(SinkFunction):
+    def execute(self, data):
+        sum(range(150))  # slower than the source, so backpressure has to hold memory flat
+
+
+def memory(n: int) -> dict:
+    proc = psutil.Process()
+    gc.collect()
+    base = proc.memory_info().rss
+    peak = [base]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.02):
+            peak[0] = max(peak[0], proc.memory_info().rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    # parallelism 2 then 1: not chained, so records queue in channels ahead of the slow sink
+    env2 = LocalEnvironment("memory")
+    env2.from_batch(range(n)).map(Double, parallelism=2).sink(SlowSink)
+    t0 = time.perf_counter()
+    env2.submit(autostop=True)
+    dt = time.perf_counter() - t0
+    stop.set()
+    sampler.join()
+    return {"memory_records": n, "memory_rss_growth_mb": (peak[0] - base) / 2**20,
+            "memory_slow_sink_records_per_s": n / dt}
+
+
+def peer() -> dict:
+    python = os.environ.get("SAGE_PEER_PYTHON")
+    if not python:
+        return {}
+    script = Path(__file__).with_name("peer_sage.py")
+    out = subprocess.run([python, str(script), "--json", "--runs", "3"], capture_output=True, text=True,
+                         timeout=900, check=True)
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    return {f"peer_{k}": v for k, v in figures.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=1_000_000, help="records for the throughput run")
+    parser.add_argument("--memory-n", type=int, default=3_000_000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    figures: dict = {}
+    figures.update(throughput(args.n))
+    figures.update(autostop_latency())
+    figures.update(service_calls(args.n))
+    figures.update(memory(args.memory_n))
+    figures.update(peer())
+    if "peer_throughput_stock_records_per_s" in figures:
+        figures["vs_peer_stock"] = figures["pipeline_records_per_s"] / figures["peer_throughput_stock_records_per_s"]
+        figures["vs_peer_patched"] = (figures["pipeline_records_per_s"]
+                                      / figures["peer_throughput_patched_records_per_s"])
+        figures["autostop_vs_peer"] = (figures["peer_autostop_latency_median_s"] * 1e3
+                                       / figures["autostop_latency_median_ms"])
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        for key, value in figures.items():
+            print(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
+
+
+if __name__ == "__main__":
+    main()
