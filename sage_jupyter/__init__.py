@@ -5,6 +5,7 @@ Importing this package starts nothing: no threads, ports, signal handlers or Ray
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from .api import (BaseEnvironment, BaseFunction, BaseService, BatchFunction, DataStream, FilterFunction,
@@ -16,6 +17,9 @@ from .runtime.job import (CleanupReport, JobHandle, JobState, JobStatus, Service
 from .runtime.policy import CleanupPolicy
 
 __version__ = "0.1.0"
+
+# Silent by default: applications choose where runtime logs go.
+logging.getLogger("sage_jupyter").addHandler(logging.NullHandler())
 
 __all__ = [
     "LocalEnvironment", "RemoteEnvironment", "BaseEnvironment", "DataStream", "BaseService",

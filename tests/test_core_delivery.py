@@ -188,3 +188,29 @@ def test_parallel_index_and_batch_source_per_instance():
     out: list = []
     run(lambda env: env.from_batch(Shard).sink(Collector, out))
     assert out == [0, 0, 0]
+
+
+def test_unbounded_source_returning_none_is_polled_again():
+    from sage_jupyter import SourceFunction
+
+    class Sometimes(SourceFunction):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def execute(self):
+            self.calls += 1
+            return self.calls if self.calls % 3 == 0 else None  # nothing right now
+
+    out: list = []
+    env = LocalEnvironment("poll")
+    env.from_source(Sometimes).sink(Collector, out)
+    job = env.submit(autostop=True, block=False)
+    import time
+
+    deadline = time.monotonic() + 5
+    while len(out) < 10 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    job.stop()
+    assert out[:10] == [3, 6, 9, 12, 15, 18, 21, 24, 27, 30]
+    assert job.state is JobState.STOPPED
