@@ -189,3 +189,15 @@ def test_importing_starts_nothing():
             "assert 'ray' not in sys.modules; print('clean')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "clean", proc.stderr
+
+
+def test_a_raising_constructor_is_named():
+    class NoInit(MapFunction):
+        def __init__(self):
+            super().__init__()
+            raise RuntimeError("model file missing")
+
+    env = LocalEnvironment("ctor")
+    env.from_batch([1]).map(Double).map(NoInit).sink(lambda x: None)
+    with pytest.raises(PipelineError, match="stage 'map:NoInit' \\(instance 0\\).*model file missing"):
+        env.submit(autostop=True)

@@ -109,21 +109,24 @@ class ChainRunner:
         self.current: Operator | None = None  # the operator running now, for error messages
 
     def open(self) -> None:
+        """Build every operator (user constructors run here, in the task's worker)."""
         for stage, label in zip(self.chain.stages, self.chain.labels):
-            self.current = None
+            self._opening = label
             ctx = self._make_ctx(label, self.index, self.chain.parallelism)
             op = Operator(stage, label, self.index, ctx)
             self.ops.append(op)
             if stage.kind != "source":
                 self._steps.append((op, op.step()))
-        self.current = None
+        self._opening = None
+
+    _opening: str | None = None
 
     @property
     def failing_label(self) -> str:
-        """Where an exception came from: the operator running, else the chain."""
+        """Where an exception came from: the operator running or being built."""
         if self.current is not None:
             return self.current.label
-        return self.ops[-1].label if self.ops else self.chain.labels[0]
+        return self._opening or (self.ops[-1].label if self.ops else self.chain.labels[0])
 
     def process(self, batch: list) -> list | None:
         for op, run in self._steps:
