@@ -1,0 +1,176 @@
+"""This kernel's jobs and services, as the magics, the status table and the sidebar see them.
+
+A job is listed with its handle and widget; everything shown about it is read from the
+handle's `JobStatus` snapshots. Services declared with `%%sage_service` are kept here and
+registered in every later `%%sage_pipeline` environment.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..runtime.job import JobStatus
+from . import templates
+from .widget import JobWidget
+
+MAX_LISTED = 100  # ended jobs beyond this are forgotten, oldest first
+
+
+@dataclass
+class TrackedJob:
+    name: str
+    handle: Any  # JobHandle or a handle with the same interface (remote)
+    widget: JobWidget
+    cell_id: str | None = None
+    tracked_at: float = field(default_factory=time.time)
+
+    def status(self) -> JobStatus:
+        return self.handle.status()
+
+
+@dataclass(frozen=True)
+class ServiceDef:
+    name: str
+    cls: type
+    remote: bool = False
+
+
+class KernelJobs:
+    """Ordered, thread-safe list of this kernel's jobs."""
+
+    def __init__(self) -> None:
+        self._jobs: list[TrackedJob] = []
+        self._lock = threading.Lock()
+        self._numbers = itertools.count(1)
+
+    def next_name(self, prefix: str = "pipeline") -> str:
+        taken = {j.name for j in self.all()}
+        while True:
+            name = f"{prefix}-{next(self._numbers)}"
+            if name not in taken:
+                return name
+
+    def add(self, job: TrackedJob) -> TrackedJob:
+        with self._lock:
+            self._jobs.append(job)
+            ended = [j for j in self._jobs if j.widget.snapshot.state.terminal]
+            for old in ended[: max(0, len(self._jobs) - MAX_LISTED)]:
+                self._jobs.remove(old)
+        return job
+
+    def remove(self, job: TrackedJob) -> None:
+        with self._lock:
+            if job in self._jobs:
+                self._jobs.remove(job)
+
+    def all(self) -> list[TrackedJob]:
+        with self._lock:
+            return list(self._jobs)
+
+    def find(self, name: str) -> TrackedJob | None:
+        """The newest job with this name or job id."""
+        for job in reversed(self.all()):
+            if job.name == name:
+                return job
+        for job in reversed(self.all()):
+            if getattr(job.handle, "job_id", None) == name:
+                return job
+        return None
+
+    def previous_runs(self, name: str | None, cell_id: str | None) -> list[TrackedJob]:
+        """Jobs a new run replaces: same cell, or same name."""
+        return [j for j in self.all() if (cell_id is not None and j.cell_id == cell_id)
+                or (name is not None and j.name == name)]
+
+    def unique_name(self, name: str) -> str:
+        taken = {j.name for j in self.all()}
+        if name not in taken:
+            return name
+        for n in itertools.count(2):
+            if f"{name}#{n}" not in taken:
+                return f"{name}#{n}"
+        raise AssertionError("unreachable")
+
+    def rows(self) -> list[dict[str, str]]:
+        now = time.time()
+        out = []
+        for job in self.all():
+            try:
+                snapshot = job.status()
+            except Exception:  # noqa: BLE001 - an unreachable remote job is still listed
+                snapshot = job.widget.snapshot
+            row = templates.job_row(snapshot, now)
+            row["name"] = job.name
+            out.append(row)
+        return out
+
+    def clear(self) -> None:
+        with self._lock:
+            self._jobs.clear()
+
+
+JOBS = KernelJobs()
+SERVICES: dict[str, ServiceDef] = {}
+
+
+def stop_jobs(jobs: list[TrackedJob], timeout: float = 10.0) -> list[str]:
+    """Stop jobs (all requested at once, then waited for within one deadline); return
+    the names of those that had not ended by then."""
+    for job in jobs:
+        try:
+            job.handle.stop(wait=False)
+        except Exception:  # noqa: BLE001 - unreachable remote job: reported below
+            pass
+    deadline = time.monotonic() + timeout
+    left = []
+    for job in jobs:
+        try:
+            state = job.handle.stop(wait=True, timeout=max(0.0, deadline - time.monotonic()))
+        except Exception:  # noqa: BLE001
+            state = None
+        if state is None or not getattr(state, "terminal", False):
+            left.append(job.name)
+    return left
+
+
+class JobTable:
+    """`%sage_status`: a snapshot of this kernel's jobs, shown as HTML or text."""
+
+    def __init__(self, rows: list[dict[str, str]]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _repr_html_(self) -> str:
+        return templates.jobs_html(self.rows)
+
+    def __repr__(self) -> str:
+        return templates.jobs_text(self.rows)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(repr(self))
+
+
+def track(handle: Any, name: str | None = None, display: bool = True,
+          cell_id: str | None = None, output: Any = None) -> JobWidget:
+    """Show a submitted job's widget and list it in `%sage_status` and the sidebar.
+
+    Works for any handle with the JobHandle interface (`state`, `status()`,
+    `stop(wait=False)`, `subscribe`, `cleanup_report`), e.g. a `RemoteEnvironment`'s.
+    Handles whose status travels over the wire are polled at about 2 Hz.
+    """
+    for attr in ("status", "stop"):
+        if not callable(getattr(handle, attr, None)):
+            raise TypeError(f"track(): expected a job handle with status() and stop(), got {type(handle).__name__}")
+    widget = JobWidget(handle, output=output)
+    job_name = JOBS.unique_name(name or widget.snapshot.name)
+    JOBS.add(TrackedJob(job_name, handle, widget, cell_id))
+    if display:
+        widget.display()
+    widget.start()
+    return widget

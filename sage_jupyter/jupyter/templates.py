@@ -1,0 +1,251 @@
+"""How jobs look: small functions turning `JobStatus` snapshots into HTML and plain text.
+
+Presentation only. The widget and the status table hold state and call these; the same
+HTML is the live widget's body and the static fallback saved in the notebook, so it uses
+inline styles with Lab CSS variables (and plain colours where those are undefined).
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from typing import Any, Iterable, Mapping
+
+from ..runtime.job import CleanupReport, ErrorInfo, JobStatus, ServiceStatus, TaskStatus
+
+MAX_TASK_ROWS = 40
+
+_COLOURS = {
+    "CREATED": "#757575", "RUNNING": "#1565c0", "STOPPING": "#ef6c00", "FINISHED": "#2e7d32",
+    "STOPPED": "#6d4c41", "FAILED": "#c62828",
+    "created": "#757575", "starting": "#1565c0", "running": "#1565c0", "stopping": "#ef6c00",
+    "cleaned": "#2e7d32", "failed": "#c62828",
+}
+
+_BOX = ("font-family:var(--jp-ui-font-family,sans-serif);font-size:12px;"
+        "color:var(--jp-ui-font-color1,#212121);line-height:1.4")
+_TABLE = "border-collapse:collapse;margin:4px 0;font-size:12px"
+_CELL = "padding:1px 8px;text-align:left;border-bottom:1px solid var(--jp-border-color2,#e0e0e0)"
+_NUM = _CELL.replace("text-align:left", "text-align:right")
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def colour(state: Any) -> str:
+    return _COLOURS.get(str(state), "#757575")
+
+
+def badge(state: Any) -> str:
+    c = colour(state)
+    return (f'<span style="display:inline-block;padding:0 6px;border-radius:8px;color:#fff;'
+            f'background:{c};font-size:11px;font-weight:600">{esc(state)}</span>')
+
+
+def duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def rate(value: float | None) -> str:
+    if value is None:
+        return ""
+    if value >= 1e6:
+        return f"{value / 1e6:.1f} M/s"
+    if value >= 1e3:
+        return f"{value / 1e3:.1f} k/s"
+    return f"{value:.0f}/s"
+
+
+def service_kind(s: ServiceStatus) -> str:
+    if s.kind == "ray":
+        return f"Ray actor {s.actor_id[:12]}" if s.actor_id else "Ray actor"
+    return s.kind
+
+
+def error_details(err: ErrorInfo, label: str = "error") -> str:
+    """A red badge that unfolds to the traceback when clicked (no kernel round trip)."""
+    return (f'<details style="display:inline-block"><summary style="cursor:pointer;color:#c62828;'
+            f'font-weight:600" title="{esc(err.type)}: {esc(err.message)}">&#9888; {esc(label)}: '
+            f'{esc(err.type)}</summary><pre style="white-space:pre-wrap;font-size:11px;margin:2px 0;'
+            f'max-height:20em;overflow:auto">{esc(err.traceback or str(err))}</pre></details>')
+
+
+# ---- pieces ---------------------------------------------------------------------------
+
+
+def header_html(s: JobStatus) -> str:
+    where = "" if s.location == "local" else f" &middot; on {esc(s.location)}"
+    autostop = " &middot; autostop" if s.autostop else ""
+    return (f'<div style="display:flex;gap:10px;align-items:center;margin-bottom:4px">'
+            f'<b style="font-size:13px">{esc(s.name)}</b>{badge(s.state.value)}'
+            f'<span>{duration(s.elapsed_s)}</span>'
+            f'<span style="color:var(--jp-ui-font-color2,#616161)">{esc(s.backend)} backend{autostop}{where}'
+            f' &middot; {esc(s.job_id)}</span></div>')
+
+
+def stage_state(stage: str, tasks: Iterable[TaskStatus]) -> str:
+    """One state for a stage from its task instances: the most telling one wins."""
+    states = {t.state.value for t in tasks if t.stage == stage}
+    for state in ("FAILED", "RUNNING", "STOPPED"):
+        if state in states:
+            return state
+    if states == {"FINISHED"}:
+        return "FINISHED"
+    return "CREATED"
+
+
+def graph_html(s: JobStatus) -> str:
+    """The pipeline as columns of boxes (one column per depth), coloured by stage state."""
+    if not s.stages:
+        return ""
+    depth: dict[str, int] = {}
+    for st in s.stages:  # stages come in declaration order: upstreams first
+        depth[st.name] = 1 + max((depth.get(u, 0) for u in st.upstream), default=-1)
+    columns: dict[int, list[str]] = {}
+    for st in s.stages:
+        state = stage_state(st.name, s.tasks)
+        par = f" &times;{st.parallelism}" if st.parallelism > 1 else ""
+        box = (f'<div title="{esc(st.name)}: {esc(state)}" style="border:2px solid {colour(state)};'
+               f'border-radius:4px;padding:1px 6px;margin:2px 0;white-space:nowrap;'
+               f'background:var(--jp-layout-color1,#fff)"><span style="color:{colour(state)}">&#9679;</span> '
+               f'{esc(st.name)}{par}</div>')
+        columns.setdefault(depth[st.name], []).append(box)
+    arrow = '<div style="align-self:center;color:var(--jp-ui-font-color2,#616161)">&#8594;</div>'
+    cols = [f'<div style="display:flex;flex-direction:column;justify-content:center">{"".join(b)}</div>'
+            for _, b in sorted(columns.items())]
+    return (f'<div style="display:flex;gap:6px;align-items:stretch;margin:4px 0;flex-wrap:wrap">'
+            f'{arrow.join(cols)}</div>')
+
+
+def tasks_html(s: JobStatus, rates: Mapping[str, float] | None = None) -> str:
+    if not s.tasks:
+        return ""
+    rates = rates or {}
+    show_worker = any(t.worker != "thread" for t in s.tasks)
+    head = ["task", "state", "in", "out", "rate", ""] + (["worker"] if show_worker else [])
+    rows = []
+    for t in s.tasks[:MAX_TASK_ROWS]:
+        cells = [f'<td style="{_CELL}">{esc(t.name)}</td>', f'<td style="{_CELL}">{badge(t.state.value)}</td>',
+                 f'<td style="{_NUM}">{t.records_in:,}</td>', f'<td style="{_NUM}">{t.records_out:,}</td>',
+                 f'<td style="{_NUM}">{rate(rates.get(t.name))}</td>',
+                 f'<td style="{_CELL}">{error_details(t.error) if t.error else ""}</td>']
+        if show_worker:
+            cells.append(f'<td style="{_CELL}"><code>{esc(t.worker[:12])}</code></td>')
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    if len(s.tasks) > MAX_TASK_ROWS:
+        rows.append(f'<tr><td style="{_CELL}" colspan="{len(head)}">&hellip; '
+                    f'{len(s.tasks) - MAX_TASK_ROWS} more tasks</td></tr>')
+    return _table(head, rows)
+
+
+def services_html(s: JobStatus) -> str:
+    if not s.services:
+        return ""
+    rows = []
+    for svc in s.services:
+        rows.append(f'<tr><td style="{_CELL}">{esc(svc.name)}</td><td style="{_CELL}">{esc(service_kind(svc))}</td>'
+                    f'<td style="{_CELL}">{badge(svc.state.value)}</td><td style="{_NUM}">{svc.calls:,}</td>'
+                    f'<td style="{_CELL}">{error_details(svc.error) if svc.error else ""}</td></tr>')
+    return _table(["service", "kind", "state", "calls", ""], rows)
+
+
+def cleanup_html(report: CleanupReport | None) -> str:
+    if report is None:
+        return ""
+    ok = report.ok
+    head = (f'<div style="margin-top:4px"><b>Cleanup</b> ({esc(report.reason)}): '
+            f'<span style="color:{colour("cleaned" if ok else "failed")}">'
+            f'{"all services cleaned" if ok else "incomplete"}</span> in {report.duration_s * 1000:.0f} ms</div>')
+    rows = []
+    for c in report.services:
+        killed = "" if c.killed is None else ("actor killed" if c.killed else "actor NOT killed")
+        rows.append(f'<tr><td style="{_CELL}">{esc(c.name)}</td><td style="{_CELL}">{esc(c.kind)}</td>'
+                    f'<td style="{_CELL};color:{colour("cleaned" if c.ok else "failed")}">{esc(c.describe())}</td>'
+                    f'<td style="{_CELL}">{killed}</td><td style="{_NUM}">{c.duration_s * 1000:.1f} ms</td></tr>')
+    table = _table(["service", "kind", "result", "", "took"], rows) if rows else ""
+    left = ""
+    if report.tasks_left_running:
+        left = f'<div style="color:#c62828">tasks still running: {esc(", ".join(report.tasks_left_running))}</div>'
+    return head + table + left
+
+
+def job_error_html(s: JobStatus) -> str:
+    if s.error is None:
+        return ""
+    return (f'<div style="margin:4px 0;color:#c62828">failed in {esc(s.error.where)}: '
+            f'{error_details(s.error, "traceback")}</div>')
+
+
+def _table(head: list[str], rows: list[str]) -> str:
+    th = "".join(f'<th style="{_CELL};font-weight:600">{esc(h)}</th>' for h in head)
+    return f'<table style="{_TABLE}"><thead><tr>{th}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+# ---- whole views ----------------------------------------------------------------------
+
+
+def job_html(s: JobStatus, rates: Mapping[str, float] | None = None, note: str = "") -> str:
+    """The full job view: header, graph, tasks, services, error, cleanup report."""
+    extra = f'<div style="color:#ef6c00">{esc(note)}</div>' if note else ""
+    return (f'<div class="sage-job" style="{_BOX}">{header_html(s)}{extra}{graph_html(s)}'
+            f'{tasks_html(s, rates)}{services_html(s)}{job_error_html(s)}{cleanup_html(s.cleanup_report)}</div>')
+
+
+def job_text(s: JobStatus) -> str:
+    """Plain-text fallback of the job view."""
+    lines = [f"Job {s.name!r} ({s.job_id}) {s.state.value} after {duration(s.elapsed_s)}, "
+             f"{s.backend} backend" + (", autostop" if s.autostop else "")]
+    for t in s.tasks[:MAX_TASK_ROWS]:
+        err = f"  error: {t.error.type}: {t.error.message}" if t.error else ""
+        lines.append(f"  task {t.name}: {t.state.value}, in {t.records_in}, out {t.records_out}{err}")
+    for svc in s.services:
+        lines.append(f"  service {svc.name} ({service_kind(svc)}): {svc.state.value}, {svc.calls} calls")
+    if s.error is not None:
+        lines.append(f"  failed in {s.error.where}: {s.error.type}: {s.error.message}")
+    r = s.cleanup_report
+    if r is not None:
+        verdict = "all services cleaned" if r.ok else "incomplete"
+        lines.append(f"  cleanup ({r.reason}): {verdict} in {r.duration_s * 1000:.0f} ms")
+        lines.extend(f"    {c.name}: {c.describe()}" for c in r.services)
+    return "\n".join(lines)
+
+
+def job_row(s: JobStatus, now: float | None = None) -> dict[str, str]:
+    """One row of the kernel's job table."""
+    now = time.time() if now is None else now
+    services = ", ".join(f"{svc.name}: {svc.state.value}" for svc in s.services) or "-"
+    return {"name": s.name, "state": s.state.value, "records": f"{s.records_out:,} -> {s.records_in:,}",
+            "services": services, "age": duration(max(0.0, now - s.created_at)), "backend": s.backend,
+            "job_id": s.job_id}
+
+
+TABLE_COLUMNS = ("name", "state", "records", "services", "age")
+
+
+def jobs_html(rows: list[dict[str, str]]) -> str:
+    if not rows:
+        return f'<div style="{_BOX}">No sage_jupyter jobs in this kernel.</div>'
+    body = []
+    for r in rows:
+        cells = "".join(
+            f'<td style="{_CELL}">{badge(r[c]) if c == "state" else esc(r[c])}</td>' for c in TABLE_COLUMNS
+        )
+        body.append(f"<tr>{cells}</tr>")
+    return f'<div style="{_BOX}">{_table(list(TABLE_COLUMNS), body)}</div>'
+
+
+def jobs_text(rows: list[dict[str, str]]) -> str:
+    if not rows:
+        return "No sage_jupyter jobs in this kernel."
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in TABLE_COLUMNS}
+    line = "  ".join(c.ljust(widths[c]) for c in TABLE_COLUMNS)
+    out = [line, "  ".join("-" * widths[c] for c in TABLE_COLUMNS)]
+    out += ["  ".join(r[c].ljust(widths[c]) for c in TABLE_COLUMNS) for r in rows]
+    return "\n".join(line.rstrip() for line in out)

@@ -1,0 +1,269 @@
+"""The live job widget: state, tasks, services, Stop button, cleanup report, job output.
+
+It reads only `JobStatus` snapshots from a handle (a local `JobHandle` or anything with
+the same interface, e.g. a remote one) and renders them with `templates`. Updates are
+throttled: a daemon timer thread wakes on state changes (`subscribe`) and at most about
+10 times a second while the job runs (2 Hz for handles that must be polled over the
+wire), and each update is one batched (`hold_sync`) state message.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+import ipywidgets as widgets
+
+from ..runtime.job import JobHandle, JobStatus
+from . import templates
+from .output import JobOutput
+
+log = logging.getLogger("sage_jupyter.jupyter")
+
+LOCAL_INTERVAL = 0.1  # s between updates while tasks run (local snapshots are cheap)
+POLLED_INTERVAL = 0.5  # s between polls of a handle whose status travels over the wire
+IDLE_INTERVAL = 1.0  # s between updates once every task ended but the job has not
+MAX_POLL_FAILURES = 60
+
+
+class JobWidget:
+    """Shows one job. `display(widget)` renders it; the display data also carries a
+    text/html and text/plain rendering of the current state for static viewers."""
+
+    def __init__(self, handle: Any, output: JobOutput | None = None,
+                 interval: float | None = None) -> None:
+        self.handle = handle
+        self.output = output if output is not None else JobOutput()
+        polled = not isinstance(handle, JobHandle)
+        self.interval = interval if interval is not None else (POLLED_INTERVAL if polled else LOCAL_INTERVAL)
+        self._rates = _Rates()
+        self._note = ""
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self._finished = threading.Event()
+        self._updater: threading.Thread | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._display: Any = None
+        self._final_published = False
+        self.updates = 0  # rendered state messages, for tests and benchmarks
+        snapshot = handle.status()
+        self.snapshot: JobStatus = snapshot
+
+        self.html = widgets.HTML(value=self._render(snapshot))
+        self.stop_button = widgets.Button(description="Stop", icon="stop", button_style="danger",
+                                          tooltip="stop the job and clean its services",
+                                          disabled=snapshot.state.terminal,
+                                          layout=widgets.Layout(width="90px"))
+        self.stop_button.on_click(self.request_stop)
+        self.view = widgets.VBox([self.html, self.stop_button, self.output.widget])
+
+    # ---- life cycle -----------------------------------------------------------------
+
+    def start(self) -> "JobWidget":
+        """Follow the job until it ends: subscribe to state changes, start the timer."""
+        if self._updater is not None:
+            return self
+        subscribe = getattr(self.handle, "subscribe", None)
+        if callable(subscribe):
+            self._unsubscribe = subscribe(self._on_change)
+        self.output.direct = False
+        self._updater = threading.Thread(target=self._run, name=f"sage-widget:{self.snapshot.name}", daemon=True)
+        self._updater.start()
+        return self
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop following the job (the job itself keeps running); the view stays."""
+        self._closed.set()
+        self._wake.set()
+        if self._updater is not None and self._updater is not threading.current_thread():
+            self._updater.join(timeout)
+        self._drop_subscription()
+        self.output.direct = True
+        self.output.flush()
+
+    def wait_final(self, timeout: float | None = 2.0) -> bool:
+        """Block until the widget has shown the job's final state (or `timeout` passed)."""
+        if self._updater is None:
+            return self.snapshot.state.terminal
+        self._wake.set()
+        return self._finished.wait(timeout)
+
+    @property
+    def following(self) -> bool:
+        return self._updater is not None and self._updater.is_alive()
+
+    # ---- updates --------------------------------------------------------------------
+
+    def _on_change(self, snapshot: JobStatus) -> None:
+        # Runs on a runtime thread: only wake the timer, which coalesces changes.
+        self._wake.set()
+
+    def _run(self) -> None:
+        last = 0.0
+        failures = 0
+        try:
+            while not self._closed.is_set():
+                running = any(t.state.value == "RUNNING" for t in self.snapshot.tasks) or not self.snapshot.tasks
+                self._wake.wait(self.interval if running else max(self.interval, IDLE_INTERVAL))
+                self._wake.clear()
+                delay = last + self.interval - time.monotonic()
+                if delay > 0 and self._closed.wait(delay):
+                    break
+                try:
+                    snapshot = self.handle.status()
+                    failures = 0
+                except Exception as exc:  # noqa: BLE001 - a lost connection must not kill the view
+                    failures += 1
+                    self._note = f"status unavailable: {type(exc).__name__}: {exc}"
+                    self.show(self.snapshot)
+                    if failures >= MAX_POLL_FAILURES:
+                        break
+                    self._closed.wait(min(5.0, self.interval * 2 ** min(failures, 4)))
+                    continue
+                last = time.monotonic()
+                self._note = ""
+                self.show(snapshot)
+                if snapshot.state.terminal:
+                    break
+        except Exception:  # noqa: BLE001 - e.g. the comm went away at kernel shutdown
+            log.exception("job widget updater stopped")
+        finally:
+            self._drop_subscription()
+            self.output.direct = True
+            try:
+                self.output.flush()
+                if self.snapshot.state.terminal:
+                    self.publish_final()
+            except Exception:  # noqa: BLE001
+                log.exception("job widget final update failed")
+            self._finished.set()
+
+    def show(self, snapshot: JobStatus) -> None:
+        """Render one snapshot (from the timer thread, or once from the caller)."""
+        with self._lock:
+            self.snapshot = snapshot
+            body = self._render(snapshot)
+            ended = snapshot.state.terminal
+            self.output.flush()
+            if body != self.html.value:
+                with self.html.hold_sync():
+                    self.html.value = body
+                self.updates += 1
+            if ended and not self.stop_button.disabled:
+                with self.stop_button.hold_sync():
+                    self.stop_button.disabled = True
+                    self.stop_button.description = "Stop"
+
+    def _render(self, snapshot: JobStatus) -> str:
+        return templates.job_html(snapshot, self._rates.update(snapshot), self._note)
+
+    def _drop_subscription(self) -> None:
+        unsubscribe, self._unsubscribe = self._unsubscribe, None
+        if unsubscribe is not None:
+            try:
+                unsubscribe()
+            except Exception:  # noqa: BLE001 - remote handles may have lost their connection
+                log.debug("unsubscribe failed", exc_info=True)
+
+    # ---- Stop button ----------------------------------------------------------------
+
+    def request_stop(self, _button: Any = None) -> None:
+        """What the Stop button does: ask the job to stop, without waiting."""
+        self.stop_button.disabled = True
+        self.stop_button.description = "Stopping"
+        try:
+            self.handle.stop(wait=False)
+        except Exception as exc:  # noqa: BLE001 - shown in the view rather than lost in a log
+            self._note = f"stop failed: {type(exc).__name__}: {exc}"
+            self.stop_button.disabled = False
+            self.stop_button.description = "Stop"
+        self._wake.set()
+
+    # ---- display --------------------------------------------------------------------
+
+    def display(self) -> "JobWidget":
+        """Display the widget in the current cell, keeping a handle to update its
+        static fallback with the final state when the job ends."""
+        from IPython.display import display
+
+        self._display = display(self, display_id=True)
+        return self
+
+    def publish_final(self) -> bool:
+        """Refresh the displayed data (its text/html and text/plain) with the job's final
+        state, so a saved notebook shows how the job ended. Once per job and caller."""
+        if self._display is None or not self.snapshot.state.terminal:
+            return False
+        self._display.update(self)
+        return True
+
+    def publish_final_once(self) -> None:
+        """From the kernel's main thread after a cell: publish the final state once, in
+        the request of that cell (frontends such as nbclient route updates by it)."""
+        if self._final_published:
+            return
+        snapshot = self.snapshot
+        if not snapshot.state.terminal and isinstance(self.handle, JobHandle) and self.handle.done:
+            snapshot = self.handle.status()
+            self.snapshot = snapshot
+        if snapshot.state.terminal and self.publish_final():
+            self._final_published = True
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        data = dict(self.view._repr_mimebundle_() or {})
+        snapshot = self.snapshot
+        data["text/html"] = self._render_static(snapshot)
+        data["text/plain"] = templates.job_text(snapshot) + self._output_tail()
+        return data
+
+    def _render_static(self, snapshot: JobStatus) -> str:
+        body = templates.job_html(snapshot, self._rates.final(snapshot) if snapshot.state.terminal else None)
+        tail = self._output_tail()
+        if tail:
+            body += (f'<pre style="font-size:11px;max-height:12em;overflow:auto;margin:4px 0">'
+                     f'{templates.esc(tail.strip())}</pre>')
+        return body
+
+    def _output_tail(self, chars: int = 2000) -> str:
+        text = self.output.text()
+        if not text:
+            return ""
+        return "\n" + (text if len(text) <= chars else "..." + text[-chars:])
+
+    def __repr__(self) -> str:
+        return f"<JobWidget {templates.job_text(self.snapshot).splitlines()[0]}>"
+
+
+class _Rates:
+    """Records per second of each task over roughly the last second of snapshots."""
+
+    def __init__(self, window: float = 1.0) -> None:
+        self.window = window
+        self.history: collections.deque[tuple[float, dict[str, int]]] = collections.deque()
+
+    @staticmethod
+    def counts(snapshot: JobStatus) -> dict[str, int]:
+        return {t.name: (t.records_out if t.stage.startswith("source") else t.records_in) for t in snapshot.tasks}
+
+    def update(self, snapshot: JobStatus) -> dict[str, float]:
+        if snapshot.state.terminal:
+            return self.final(snapshot)
+        now, counts = snapshot.taken_at, self.counts(snapshot)
+        self.history.append((now, counts))
+        while len(self.history) > 2 and now - self.history[1][0] >= self.window:
+            self.history.popleft()
+        then, old = self.history[0]
+        if now - then <= 0:
+            return {}
+        return {name: max(0, n - old.get(name, 0)) / (now - then) for name, n in counts.items()}
+
+    @staticmethod
+    def final(snapshot: JobStatus) -> dict[str, float]:
+        elapsed = snapshot.elapsed_s
+        if elapsed <= 0:
+            return {}
+        return {name: n / elapsed for name, n in _Rates.counts(snapshot).items()}
