@@ -1,0 +1,154 @@
+"""Ray backend speed, measured in one run against raw Ray actor calls.
+
+    python benchmarks/bench_ray.py [--records 200000] [--repeat 2] [--json]
+
+Prints `name=value` lines (or one JSON object):
+- pipeline_records_per_s: a source actor pushing small records to a sink actor through
+  the Ray backend (chaining off, so the two stages are two actors), from the source's
+  first record to the sink's last;
+- raw_records_per_s: two bare actors passing batches of the same size with the same
+  number of calls in flight;
+- ratio_to_raw: the first over the second;
+- cleanup_latency_ms: from the sink's last record until `wait()` returned, that is until
+  every task actor and the job's service actor were cleaned, killed and seen dead.
+Targets: >= 100,000 records/s, ratio >= 0.5, cleanup latency < 500 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import deque
+
+BATCH = 1024  # operators.MAX_BATCH: what a fast source's batches grow to
+
+
+def raw_rate(ray, n: int, batch: int, inflight: int) -> float:
+    """Records/s of a producer actor pushing batches to a consumer actor."""
+
+    @ray.remote
+    class Consumer:
+        def __init__(self) -> None:
+            self.count = 0
+            self.last = 0.0
+
+        def push(self, items: list) -> None:
+            self.count += len(items)
+            self.last = time.time()
+
+        def result(self) -> tuple[int, float]:
+            return self.count, self.last
+
+    @ray.remote
+    class Producer:
+        def run(self, consumer, n: int, batch: int, inflight: int) -> float:
+            start = time.time()
+            pending: deque = deque()
+            for lo in range(0, n, batch):
+                if len(pending) >= inflight:
+                    ray.get(pending.popleft())
+                pending.append(consumer.push.remote(list(range(lo, min(n, lo + batch)))))
+            ray.get(list(pending))
+            return start
+
+    consumer, producer = Consumer.remote(), Producer.remote()
+    ray.get([consumer.result.remote(), producer.__ray_ready__.remote()])
+    start = ray.get(producer.run.remote(consumer, n, batch, inflight))
+    count, last = ray.get(consumer.result.remote())
+    for actor in (consumer, producer):
+        ray.kill(actor, no_restart=True)
+    assert count == n, (count, n)
+    return n / (last - start)
+
+
+def pipeline_run(n: int) -> tuple[float, float]:
+    """(records/s, last record -> cleaned and killed, in s) for one Ray-backend job."""
+    from sage_jupyter import BaseService, LocalEnvironment, SinkFunction
+    from sage_jupyter.runtime.dispatcher import Dispatcher
+    from sage_jupyter.runtime.graph import ServiceSpec
+    from sage_jupyter.runtime.plan import build_plan
+
+    class Counter(SinkFunction):
+        def __init__(self) -> None:
+            super().__init__()
+            self.count = 0
+            self.last = 0.0
+
+        def execute(self, data: int) -> None:
+            self.count += 1
+            self.last = time.time()
+
+        def close(self) -> None:
+            print(f"count={self.count} last={self.last!r}")
+
+    class Registry(BaseService):
+        def cleanup(self) -> None:
+            self.closed = True
+
+    def numbers():
+        print(f"start={time.time()!r}")
+        return iter(range(n))
+
+    env = LocalEnvironment("bench_ray", backend="ray")
+    env.from_batch(numbers).sink(Counter)
+    lines: list[str] = []
+    services = [ServiceSpec("registry", Registry, (), {}, True)]
+    job = Dispatcher("bench_ray", env._graph, services, backend="ray", autostop=True,
+                     output=lambda stream, text: lines.append(text))
+    job.plan = build_plan(env._graph, chaining=False)  # two stages, two actors
+    job.start()
+    job.wait()
+    done = time.time()
+    fields = dict(kv.split("=") for line in "".join(lines).split() for kv in [line] if "=" in kv)
+    assert int(fields["count"]) == n, fields
+    assert job.cleanup_report.ok and job.cleanup_report["registry"].killed, job.cleanup_report
+    start, last = float(fields["start"]), float(fields["last"])
+    return n / (last - start), done - last
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each; the best is kept")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+
+    if "RAY_ADDRESS" not in os.environ:
+        os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="sgb", dir="/tmp"))
+    import ray
+
+    from sage_jupyter.runtime.ray_backend import INFLIGHT_PER_LINK
+    from sage_jupyter.runtime.ray_support import ensure_ray
+
+    if not ray.is_initialized() and "RAY_ADDRESS" not in os.environ:
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20,
+                 log_to_driver=False, configure_logging=False)
+    ensure_ray()
+    raw, rates, latencies = [], [], []
+    for _ in range(args.repeat):
+        raw.append(raw_rate(ray, args.records, BATCH, INFLIGHT_PER_LINK))
+        rate, latency = pipeline_run(args.records)
+        rates.append(rate)
+        latencies.append(latency)
+    figures = {
+        "records": args.records,
+        "pipeline_records_per_s": round(max(rates)),
+        "raw_records_per_s": round(max(raw)),
+        "ratio_to_raw": round(max(rates) / max(raw), 3),
+        "cleanup_latency_ms": round(1000 * min(latencies), 1),
+        "cleanup_latency_ms_worst": round(1000 * max(latencies), 1),
+    }
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        for key, value in figures.items():
+            print(f"{key}={value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
