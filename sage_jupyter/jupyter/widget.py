@@ -42,7 +42,8 @@ class JobWidget:
         self._rates = _Rates()
         self._note = ""
         self._lock = threading.Lock()
-        self._wake = threading.Event()
+        self._wake = threading.Event()  # something changed
+        self._urgent = threading.Event()  # the job ended, or someone waits: skip the throttle
         self._closed = threading.Event()
         self._finished = threading.Event()
         self._updater: threading.Thread | None = None
@@ -78,6 +79,7 @@ class JobWidget:
     def close(self, timeout: float = 1.0) -> None:
         """Stop following the job (the job itself keeps running); the view stays."""
         self._closed.set()
+        self._urgent.set()
         self._wake.set()
         if self._updater is not None and self._updater is not threading.current_thread():
             self._updater.join(timeout)
@@ -89,6 +91,7 @@ class JobWidget:
         """Block until the widget has shown the job's final state (or `timeout` passed)."""
         if self._updater is None:
             return self.snapshot.state.terminal
+        self._urgent.set()
         self._wake.set()
         return self._finished.wait(timeout)
 
@@ -100,6 +103,8 @@ class JobWidget:
 
     def _on_change(self, snapshot: JobStatus) -> None:
         # Runs on a runtime thread: only wake the timer, which coalesces changes.
+        if snapshot.state.terminal:
+            self._urgent.set()
         self._wake.set()
 
     def _run(self) -> None:
@@ -111,7 +116,9 @@ class JobWidget:
                 self._wake.wait(self.interval if running else max(self.interval, IDLE_INTERVAL))
                 self._wake.clear()
                 delay = last + self.interval - time.monotonic()
-                if delay > 0 and self._closed.wait(delay):
+                if delay > 0 and not self._urgent.is_set():
+                    self._urgent.wait(delay)
+                if self._closed.is_set():
                     break
                 try:
                     snapshot = self.handle.status()
