@@ -1,0 +1,278 @@
+"""The JobManager wire protocol, version 1: REST over HTTP, JSON everywhere, one pickle.
+
+Every request carries `Authorization: token <T>` and is authenticated before its body is
+read. Paths start with `/api/v1/`; errors are JSON `{"error": {"code", "message", "status"}}`.
+A submission is a JSON envelope: validated options (plain JSON) plus a base64 cloudpickle
+of the pipeline graph and its services, unpickled only after every other check passed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import os
+import pickle
+import site
+import sys
+import sysconfig
+import types
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import cloudpickle
+
+from ..runtime.graph import PipelineGraph, ServiceSpec
+from ..runtime.policy import CleanupPolicy
+
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+API_PREFIX = f"/api/v{PROTOCOL_VERSION}"
+DEFAULT_PORT = 19001
+DEFAULT_MAX_BODY_BYTES = 32 * 2**20  # a pipeline is kilobytes; data belongs in its sources
+TOKEN_ENV = "SAGE_JOBMANAGER_TOKEN"
+BACKENDS = ("thread", "ray")
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+LONG_POLL_MAX_S = 30.0  # the daemon caps every long-poll, so no request waits forever
+DEFAULT_HEARTBEAT_TIMEOUT_S = 5.0
+
+
+class ProtocolError(Exception):
+    """A request the daemon refuses: `status` is the HTTP status, `code` a stable word."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": {"status": self.status, "code": self.code, "message": self.message}}
+
+
+def error_body(status: int, code: str, message: str) -> bytes:
+    return json.dumps(ProtocolError(status, code, message).to_dict()).encode()
+
+
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def auth_header(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"token {token}"} if token else {}
+
+
+def parse_auth_header(value: str | None) -> str | None:
+    """The token of an `Authorization: token <T>` header (`Bearer` is accepted too)."""
+    if not value:
+        return None
+    scheme, _, rest = value.strip().partition(" ")
+    if scheme.lower() not in ("token", "bearer") or not rest.strip():
+        return None
+    return rest.strip()
+
+
+# ---- job options --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """How the daemon runs one submitted job (the JSON half of a submission)."""
+
+    name: str
+    autostop: bool = False
+    backend: str = "thread"
+    cleanup: dict[str, float] | None = None  # CleanupPolicy fields
+    cancel_on_disconnect: bool = False
+    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT_S
+
+    def policy(self) -> CleanupPolicy:
+        return CleanupPolicy(**self.cleanup) if self.cleanup else CleanupPolicy()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _bad(message: str) -> ProtocolError:
+    return ProtocolError(400, "bad_options", message)
+
+
+def parse_options(raw: Any) -> JobOptions:
+    """Validate the options of a submission, naming the first bad field."""
+    if not isinstance(raw, dict):
+        raise _bad(f"'options' must be a JSON object, got {type(raw).__name__}")
+    known = set(JobOptions.__dataclass_fields__)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise _bad(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name or len(name) > 200:
+        raise _bad(f"option 'name' must be a non-empty string of at most 200 characters, got {name!r:.80}")
+    for flag in ("autostop", "cancel_on_disconnect"):
+        if not isinstance(raw.get(flag, False), bool):
+            raise _bad(f"option {flag!r} must be true or false, got {raw[flag]!r:.80}")
+    backend = raw.get("backend", "thread")
+    if backend not in BACKENDS:
+        raise _bad(f"option 'backend' must be one of {', '.join(BACKENDS)}, got {backend!r:.80}")
+    cleanup = raw.get("cleanup")
+    if cleanup is not None:
+        if not isinstance(cleanup, dict):
+            raise _bad(f"option 'cleanup' must be an object or null, got {type(cleanup).__name__}")
+        try:
+            CleanupPolicy(**cleanup)
+        except (TypeError, ValueError) as exc:
+            raise _bad(f"option 'cleanup': {exc}") from None
+    hb = raw.get("heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT_S)
+    if isinstance(hb, bool) or not isinstance(hb, (int, float)) or not 0.5 <= hb <= 3600:
+        raise _bad(f"option 'heartbeat_timeout' must be a number of seconds in [0.5, 3600], got {hb!r:.80}")
+    return JobOptions(name, bool(raw.get("autostop", False)), backend, cleanup,
+                      bool(raw.get("cancel_on_disconnect", False)), float(hb))
+
+
+# ---- the submission envelope --------------------------------------------------------
+
+
+def client_info() -> dict[str, str]:
+    """What the daemon checks before unpickling: by-value code needs the same Python."""
+    from .. import __version__
+
+    return {
+        "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+        "cloudpickle": cloudpickle.__version__,
+        "sage_jupyter": __version__,
+    }
+
+
+def encode_submission(options: JobOptions, graph: PipelineGraph, services: list[ServiceSpec]) -> bytes:
+    payload = dump_pipeline(graph, services)
+    envelope = {
+        "protocol": PROTOCOL_VERSION,
+        "client": client_info(),
+        "options": options.to_dict(),
+        "pipeline": base64.b64encode(payload).decode("ascii"),
+    }
+    return json.dumps(envelope).encode()
+
+
+def decode_submission(body: bytes) -> tuple[JobOptions, bytes]:
+    """Check the envelope and options; return them with the still-pickled pipeline."""
+    if not body:
+        raise ProtocolError(400, "malformed_body", "empty body; POST a JSON submission envelope")
+    try:
+        envelope = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(400, "malformed_body", f"body is not valid JSON (truncated?): {exc}") from None
+    if not isinstance(envelope, dict):
+        raise ProtocolError(400, "malformed_body", "body must be a JSON object")
+    missing = [k for k in ("protocol", "client", "options", "pipeline") if k not in envelope]
+    if missing:
+        raise ProtocolError(400, "malformed_body", f"submission lacks field(s): {', '.join(missing)}")
+    if envelope["protocol"] not in SUPPORTED_VERSIONS:
+        raise ProtocolError(400, "bad_version", f"submission protocol {envelope['protocol']!r:.40} is not "
+                            f"supported; this JobManager speaks {list(SUPPORTED_VERSIONS)}")
+    client = envelope["client"]
+    here = client_info()
+    if not isinstance(client, dict) or client.get("python") != here["python"]:
+        theirs = client.get("python") if isinstance(client, dict) else None
+        raise ProtocolError(409, "incompatible_client",
+                            f"client runs Python {theirs!r:.20} but the JobManager runs Python {here['python']}; "
+                            "functions shipped by value need the same Python minor version")
+    options = parse_options(envelope["options"])
+    pipeline = envelope["pipeline"]
+    if not isinstance(pipeline, str):
+        raise ProtocolError(400, "malformed_body", "'pipeline' must be a base64 string")
+    try:
+        payload = base64.b64decode(pipeline.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        raise ProtocolError(400, "malformed_body", f"'pipeline' is not valid base64 (truncated?): {exc}") from None
+    return options, payload
+
+
+# ---- the pickled pipeline -----------------------------------------------------------
+
+
+def dump_pipeline(graph: PipelineGraph, services: list[ServiceSpec]) -> bytes:
+    """cloudpickle the graph and services. Code from `__main__`, a notebook or a module
+    that is not installed (a file next to the notebook) travels by value."""
+    modules = [m for m in _user_modules(graph, services) if _ships_by_value(m)]
+    registered = []
+    try:
+        for module in modules:
+            try:
+                cloudpickle.register_pickle_by_value(module)
+                registered.append(module)
+            except ValueError:  # already registered by the user
+                pass
+        try:
+            return cloudpickle.dumps({"graph": graph, "services": services}, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            raise TypeError(f"cannot ship the pipeline to the JobManager: {_culprit(graph, services)}"
+                            f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        for module in registered:
+            cloudpickle.unregister_pickle_by_value(module)
+
+
+def _culprit(graph: PipelineGraph, services: list[ServiceSpec]) -> str:
+    """Name the first stage or service that does not pickle, for the error message."""
+    for stage in graph.stages:
+        try:
+            cloudpickle.dumps((stage.factory, stage.key_factory))
+        except Exception:  # noqa: BLE001 - probing
+            return f"stage {stage.label!r} does not pickle: "
+    for spec in services:
+        try:
+            cloudpickle.dumps((spec.cls, spec.args, spec.kwargs))
+        except Exception:  # noqa: BLE001 - probing
+            return f"service {spec.name!r} does not pickle: "
+    return ""
+
+
+def load_pipeline(payload: bytes) -> tuple[PipelineGraph, list[ServiceSpec]]:
+    """Unpickle a pipeline; call only after the request was authenticated."""
+    try:
+        data = pickle.load(io.BytesIO(payload))
+    except Exception as exc:  # noqa: BLE001 - anything the client sent
+        hint = " (define it in the notebook or install it on the JobManager host)" \
+            if isinstance(exc, ImportError) else ""
+        raise ProtocolError(400, "bad_payload",
+                            f"the pipeline could not be unpickled: {type(exc).__name__}: {exc}{hint}") from None
+    graph = data.get("graph") if isinstance(data, dict) else None
+    services = data.get("services") if isinstance(data, dict) else None
+    if not isinstance(graph, PipelineGraph) or not isinstance(services, list) \
+            or not all(isinstance(s, ServiceSpec) for s in services):
+        raise ProtocolError(400, "bad_payload", "the payload is not a sage_jupyter pipeline "
+                            f"(got {type(data).__name__}); submit with RemoteEnvironment")
+    return graph, services
+
+
+def _user_modules(graph: PipelineGraph, services: list[ServiceSpec]) -> list[types.ModuleType]:
+    objects: list[Any] = [s.user_object for s in graph.stages] + [s.cls for s in services]
+    names: set[str] = set()
+    for obj in objects:
+        classes = obj.__mro__ if isinstance(obj, type) else (obj, type(obj))
+        for c in classes:
+            name = getattr(c, "__module__", None)
+            if isinstance(name, str):
+                names.add(name)
+    return [sys.modules[n] for n in sorted(names) if n in sys.modules]
+
+
+def _installed_roots() -> tuple[str, ...]:
+    paths = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    paths.update(site.getsitepackages())
+    paths.add(site.getusersitepackages())
+    return tuple(os.path.realpath(p) + os.sep for p in paths if p)
+
+
+def _ships_by_value(module: types.ModuleType) -> bool:
+    """A module the daemon may not have: not `__main__` (cloudpickle ships that anyway),
+    not ours, not the standard library and not an installed package."""
+    name = module.__name__
+    if name == "__main__" or name.split(".")[0] in ("sage_jupyter", "builtins"):
+        return False
+    path = getattr(module, "__file__", None)
+    if not path:
+        return False
+    return not os.path.realpath(path).startswith(_installed_roots())
