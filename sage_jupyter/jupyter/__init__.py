@@ -4,8 +4,8 @@
 some other way (for example a `RemoteEnvironment`'s handle).
 """
 
-from .jobs import JobTable, track
+from .jobs import JobTable, track, widget_of
 from .output import JobOutput
 from .widget import JobWidget
 
-__all__ = ["track", "JobWidget", "JobOutput", "JobTable"]
+__all__ = ["track", "widget_of", "JobWidget", "JobOutput", "JobTable"]

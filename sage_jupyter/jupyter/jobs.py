@@ -156,6 +156,18 @@ class JobTable:
         printer.text(repr(self))
 
 
+def widget_of(job: Any) -> JobWidget:
+    """The widget of a job of this kernel, by handle, name or job id (its `.output.text()`
+    is what the job printed)."""
+    for tracked in reversed(JOBS.all()):
+        if tracked.handle is job:
+            return tracked.widget
+    found = JOBS.find(job) if isinstance(job, str) else None
+    if found is None:
+        raise KeyError(f"no job {job!r} is shown in this kernel")
+    return found.widget
+
+
 def track(handle: Any, name: str | None = None, display: bool = True,
           cell_id: str | None = None, output: Any = None) -> JobWidget:
     """Show a submitted job's widget and list it in `%sage_status` and the sidebar.
