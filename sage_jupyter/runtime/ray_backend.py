@@ -9,6 +9,7 @@ order. End markers flow in-band as on threads. A driver thread watches every act
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -34,6 +35,8 @@ INBOX_CAPACITY = 8  # batches a consumer queues before its pushes wait
 POLL_WAIT_S = 0.5  # a status poll answers at the latest after this, sooner on output
 OUTPUT_COALESCE_S = 0.02
 SETTLE_S = 0.25  # how often a blocked sender looks at the abort flag
+
+log = logging.getLogger("sage_jupyter.runtime")
 
 
 class _Link:
@@ -313,11 +316,17 @@ class RayBackend(TaskBackend):
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
             for ref in ready:
                 with self._lock:
-                    task, kind = self._refs.pop(ref)
-                if kind == "poll":
-                    self._polled(task, ref)
-                else:
-                    self._ended(task, ref)
+                    task, kind = self._refs.pop(ref, (None, ""))
+                try:
+                    if kind == "poll":
+                        self._polled(task, ref)
+                    elif kind == "run":
+                        self._ended(task, ref)
+                    # else: a poll dropped when its task ended (read in join)
+                except BaseException as exc:  # noqa: BLE001 - the watcher must outlive any bug
+                    log.exception("ray backend: watching %s failed", task.name)
+                    if kind == "run":
+                        self._report(task, TaskState.FAILED, error_info(f"task {task.name!r}", exc))
 
     def _polled(self, task: RayTask, ref: Any) -> None:
         try:

@@ -133,16 +133,16 @@ class ServiceActor:
         return self._calls, self._capture.drain()
 
     @ray.method(concurrency_group="control")
-    def shutdown(self, timeout: float) -> tuple[HookOutcome, HookOutcome, list]:
-        """`stop()` then `cleanup()`, each given `timeout` seconds."""
+    def shutdown(self, timeout: float) -> tuple[HookOutcome, HookOutcome, int, list]:
+        """`stop()` then `cleanup()`, each given `timeout` seconds; with the call count."""
         inst = self._instance
         if inst is None:
             skipped = HookOutcome("skipped")
-            return skipped, skipped, self._capture.drain()
+            return skipped, skipped, self._calls, self._capture.drain()
         stop = run_hook(getattr(inst, "stop", None), timeout, f"sage-stop:{self._name}")
         self._accepting = False
         cleanup = run_hook(getattr(inst, "cleanup", None), timeout, f"sage-cleanup:{self._name}")
-        return stop, cleanup, self._capture.drain()
+        return stop, cleanup, self._calls, self._capture.drain()
 
 
 # ---- calling services from inside an actor ----------------------------------------------
@@ -239,6 +239,7 @@ class ActorWrapper:
         self.label = label
         self.on_output = on_output
         self.outcomes: tuple[HookOutcome, HookOutcome] | None = None  # of the last cleanup
+        self.calls: int | None = None  # calls the actor served, as of the last cleanup
 
     @property
     def actor_id(self) -> str:
@@ -248,7 +249,8 @@ class ActorWrapper:
         """Run `stop()` and `cleanup()` inside the actor, each under `timeout`."""
         t0 = time.perf_counter()
         try:
-            stop, cleanup, output = ray.get(self.actor.shutdown.remote(timeout), timeout=2 * timeout + 2.0)
+            stop, cleanup, self.calls, output = ray.get(self.actor.shutdown.remote(timeout),
+                                                        timeout=2 * timeout + 2.0)
             deliver_output(output, self.on_output)
         except GetTimeoutError:
             waited = HookOutcome("timeout", time.perf_counter() - t0, f"the actor did not answer within {2 * timeout + 2.0:g} s")
@@ -375,6 +377,7 @@ class RayServiceHost(ServiceHost):
                                                   kill_timeout=max(policy.kill_timeout, 0.5))
         self.accepting = False
         stop, cleanup = self.wrapper.outcomes or (HookOutcome("skipped"), HookOutcome("skipped"))
+        self.calls = max(self.calls, self.wrapper.calls or 0)
         report = ServiceCleanup(self.name, self.kind, stop, cleanup, killed, time.perf_counter() - t0)
         self.state = ServiceState.CLEANED if report.ok else ServiceState.FAILED
         return report
