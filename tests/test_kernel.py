@@ -213,3 +213,42 @@ env.from_source(Busy).sink(lambda x: None)
     assert process.returncode == 0  # exited by itself: jupyter_client did not have to kill it
     assert marker.read_text() == "cleaned"  # the atexit hook stopped the job and cleaned its service
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_shutdown_cleans_and_kills_ray_service_actors(ray_session, tmp_path):
+    from sage_jupyter.runtime.ray_support import parse_name, sage_actors
+
+    marker = tmp_path / "actor-cleaned"
+    k = Kernel(env={"RAY_ADDRESS": ray_session.get_runtime_context().gcs_address})
+    try:
+        k.ok("%load_ext sage_jupyter")
+        k.ok(f'''%%sage_service journal --remote
+import os
+from sage_jupyter import BaseService
+class Journal(BaseService):
+    def note(self, x):
+        return x
+    def cleanup(self):
+        open({str(marker)!r}, "w").write(str(os.getpid()))
+''')
+        k.ok('''%%sage_pipeline on_actor -o on_actor
+import time
+from sage_jupyter import MapFunction, SourceFunction
+class Busy(SourceFunction):
+    def execute(self):
+        time.sleep(0.01)
+        return 1
+class Note(MapFunction):
+    def execute(self, x):
+        return self.call_service["journal"].note(x)
+env.from_source(Busy).map(Note).sink(lambda x: None)
+''')
+        k.ok("import time\nwhile on_actor.status().records_in == 0:\n    time.sleep(0.05)", timeout=120)
+        process = k.km.provisioner.process
+        pid = process.pid
+    finally:
+        k.shutdown()
+    assert process.returncode == 0
+    assert marker.read_text().isdigit() and int(marker.read_text()) != pid  # cleaned inside the actor
+    mine = [a for a in sage_actors() if (parse_name(a["name"]) or ("", 0))[1] == pid]
+    assert mine and all(a["state"] == "DEAD" for a in mine), mine

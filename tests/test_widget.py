@@ -189,3 +189,4 @@ def test_closing_the_widget_leaves_the_job_running(no_thread_leak):
     assert not widget.following and handle.state.value == "RUNNING"
     assert handle.stop(wait=True, timeout=30).value == "STOPPED"
     assert not [t for t in threading.enumerate() if t.name.startswith("sage-widget")]
+

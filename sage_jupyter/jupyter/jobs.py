@@ -174,12 +174,16 @@ def track(handle: Any, name: str | None = None, display: bool = True,
 
     Works for any handle with the JobHandle interface (`state`, `status()`,
     `stop(wait=False)`, `subscribe`, `cleanup_report`), e.g. a `RemoteEnvironment`'s.
-    Handles whose status travels over the wire are polled at about 2 Hz.
+    Handles whose status travels over the wire are polled at about 2 Hz, and a handle
+    with `forward_output(sink)` sends the job's prints to the widget's output area.
     """
     for attr in ("status", "stop"):
         if not callable(getattr(handle, attr, None)):
             raise TypeError(f"track(): expected a job handle with status() and stop(), got {type(handle).__name__}")
     widget = JobWidget(handle, output=output)
+    forward = getattr(handle, "forward_output", None)
+    if callable(forward):  # a remote job: its prints come over the wire into this widget
+        forward(widget.output)
     job_name = JOBS.unique_name(name or widget.snapshot.name)
     JOBS.add(TrackedJob(job_name, handle, widget, cell_id))
     if display:
