@@ -348,9 +348,11 @@ class RemoteJobHandle:
         if not wait:
             return status.state
         try:
-            return self._wait("terminal", timeout).state
+            status = self._wait("terminal", timeout)
         except TimeoutError:
             return self.state
+        self._output_done.wait(2.0)  # the forwarded output is complete too
+        return status.state
 
     def output(self, stream: str | None = None) -> str:
         """Everything the job's stages and services printed (and logged) so far on the

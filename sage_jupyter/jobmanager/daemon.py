@@ -81,7 +81,8 @@ class JobRecord:
         return bool(tasks) and all(t.state in TASK_ENDED for t in tasks)
 
     def status_reply(self) -> dict[str, Any]:
-        return {"version": self.version, "settled": self.settled(), "status": self.dispatcher.snapshot().to_dict(),
+        return {"version": self.version, "settled": self.settled(),
+                "status": protocol.to_wire(self.dispatcher.snapshot()),
                 "cancel_on_disconnect": self.options.cancel_on_disconnect,
                 "disconnected": self.disconnected}
 
@@ -257,7 +258,7 @@ class JobManager:
             log.warning("second signal: exiting at once")
             os._exit(1)
         name = signal.Signals(sig).name if sig else "request"
-        log.warning("%s: stopping %d job(s) and shutting down", name,
+        log.info("%s: stopping %d job(s) and shutting down", name,
                     sum(not r.dispatcher.state.terminal for r in self.jobs.values()))
         self.closing = True
         if self._shutdown is not None:
@@ -275,7 +276,8 @@ class JobManager:
 def _log_request(handler: tornado.web.RequestHandler) -> None:
     status = handler.get_status()
     level = logging.WARNING if status in (401, 403) or status >= 500 else logging.DEBUG
-    log.log(level, "%d %s %.1f ms", status, handler._request_summary(), 1000 * handler.request.request_time())
+    if log.isEnabledFor(level):  # polls are frequent: format nothing when nobody listens
+        log.log(level, "%d %s %.1f ms", status, handler._request_summary(), 1000 * handler.request.request_time())
 
 
 # ---- request handlers ---------------------------------------------------------------

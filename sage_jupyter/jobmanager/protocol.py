@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
+import enum
+import functools
 import io
 import json
 import os
@@ -71,6 +74,25 @@ def parse_auth_header(value: str | None) -> str | None:
     if scheme.lower() not in ("token", "bearer") or not rest.strip():
         return None
     return rest.strip()
+
+
+def to_wire(value: Any) -> Any:
+    """`JobStatus.to_dict()` without its deep copies: status replies are the daemon's
+    most frequent work (views poll them). Same result for any frozen dataclass tree."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_wire(getattr(value, f.name)) for f in _fields(type(value))}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [to_wire(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_wire(v) for k, v in value.items()}
+    return value
+
+
+@functools.lru_cache(maxsize=None)
+def _fields(cls: type) -> tuple[dataclasses.Field, ...]:
+    return dataclasses.fields(cls)
 
 
 # ---- job options --------------------------------------------------------------------

@@ -1,0 +1,81 @@
+"""One Ray test for the remote mode: a daemon that attaches to a running Ray (here the test
+session's, through RAY_ADDRESS) runs a backend="ray" job, and leaves no actor alive after
+autostop or after SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+from sage_jupyter import BaseService, JobState, MapFunction, RemoteEnvironment, SourceFunction
+from sage_jupyter.jobmanager.launch import start_daemon
+from sage_jupyter.runtime.ray_support import sage_actors
+
+
+class Marker(BaseService):
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self.calls = 0
+
+    def bump(self) -> int:
+        self.calls += 1
+        return self.calls
+
+    def cleanup(self) -> None:
+        Path(self.path).write_text(f"{self.calls} {os.getpid()}")
+
+
+class Bump(MapFunction):
+    def execute(self, x):
+        self.call_service["marker"].bump()
+        return x
+
+
+class Ticks(SourceFunction):
+    def execute(self):
+        time.sleep(0.01)
+        return 1
+
+
+def live(prefix: str) -> list[dict]:
+    return [a for a in sage_actors(prefix) if a["state"] != "DEAD"]
+
+
+def test_ray_job_on_the_daemon_leaves_no_actor_after_autostop_or_sigterm(ray_session, tmp_path):
+    address = ray_session.get_runtime_context().gcs_address
+    daemon = start_daemon(env={**os.environ, "RAY_ADDRESS": address})
+    prefix = f"sage:{socket.gethostname().replace(':', '_')}:{daemon.pid}:"
+    try:
+        env = RemoteEnvironment("ray-batch", port=daemon.port, token=daemon.token)
+        env.register_service("marker", Marker, str(tmp_path / "batch"))
+        env.from_batch(range(10)).map(Bump).sink(lambda x: None)
+        job = env.submit(autostop=True, backend="ray")
+        assert job.state is JobState.FINISHED and job.status().backend == "ray"
+        cleanup = job.cleanup_report["marker"]
+        assert cleanup.kind == "ray" and cleanup.killed is True and cleanup.ok
+        calls, pid = (tmp_path / "batch").read_text().split()
+        assert calls == "10" and int(pid) != daemon.pid  # cleanup() ran inside the service's actor
+        assert sage_actors(prefix) and live(prefix) == []
+
+        env = RemoteEnvironment("ray-stream", port=daemon.port, token=daemon.token)
+        env.register_service("marker", Marker, str(tmp_path / "stream"))
+        env.from_source(Ticks).map(Bump).sink(lambda x: None)
+        stream = env.submit(autostop=True, block=False, backend="ray")
+        deadline = time.monotonic() + 60
+        while stream.status().records_in < 5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert live(prefix), "the streaming job's actors should be running"
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(10) == 0
+        assert (tmp_path / "stream").exists()  # its service was cleaned before the daemon exited
+        deadline = time.monotonic() + 10
+        while live(prefix) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert live(prefix) == []
+        assert ray_session.is_initialized()  # the session's Ray was attached to, not shut down
+    finally:
+        daemon.stop()
