@@ -31,6 +31,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from ..api.environment import BACKENDS, LocalEnvironment
 from ..api.service import BaseService
 from ..runtime.errors import PipelineError
+from . import templates
 from .jobs import JOBS, SERVICES, JobTable, ServiceDef, TrackedJob, stop_jobs
 from .output import JobOutput
 from .widget import JobWidget
@@ -82,7 +83,7 @@ def stopped_line(name: str, handle: Any, why: str) -> str:
     if report is None:
         return f"job {name!r} {why}: {state}, services not cleaned yet"
     if report.ok:
-        return f"job {name!r} {why}: {state}, services cleaned in {report.duration_s * 1000:.0f} ms"
+        return f"job {name!r} {why}: {state}, services cleaned in {templates.ms(report.duration_s)}"
     bad = "; ".join(f"{c.name}: {c.describe()}" for c in report.services if not c.ok)
     return f"job {name!r} {why}: {state}, cleanup incomplete ({bad or 'tasks left running'})"
 

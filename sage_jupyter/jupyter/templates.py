@@ -53,6 +53,11 @@ def duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def ms(seconds: float) -> str:
+    millis = seconds * 1000
+    return f"{millis:.1f} ms" if millis < 10 else f"{millis:.0f} ms"
+
+
 def rate(value: float | None) -> str:
     if value is None:
         return ""
@@ -162,13 +167,13 @@ def cleanup_html(report: CleanupReport | None) -> str:
     ok = report.ok
     head = (f'<div style="margin-top:4px"><b>Cleanup</b> ({esc(report.reason)}): '
             f'<span style="color:{colour("cleaned" if ok else "failed")}">'
-            f'{"all services cleaned" if ok else "incomplete"}</span> in {report.duration_s * 1000:.0f} ms</div>')
+            f'{"all services cleaned" if ok else "incomplete"}</span> in {ms(report.duration_s)}</div>')
     rows = []
     for c in report.services:
         killed = "" if c.killed is None else ("actor killed" if c.killed else "actor NOT killed")
         rows.append(f'<tr><td style="{_CELL}">{esc(c.name)}</td><td style="{_CELL}">{esc(c.kind)}</td>'
                     f'<td style="{_CELL};color:{colour("cleaned" if c.ok else "failed")}">{esc(c.describe())}</td>'
-                    f'<td style="{_CELL}">{killed}</td><td style="{_NUM}">{c.duration_s * 1000:.1f} ms</td></tr>')
+                    f'<td style="{_CELL}">{killed}</td><td style="{_NUM}">{ms(c.duration_s)}</td></tr>')
     table = _table(["service", "kind", "result", "", "took"], rows) if rows else ""
     left = ""
     if report.tasks_left_running:
@@ -212,7 +217,7 @@ def job_text(s: JobStatus) -> str:
     r = s.cleanup_report
     if r is not None:
         verdict = "all services cleaned" if r.ok else "incomplete"
-        lines.append(f"  cleanup ({r.reason}): {verdict} in {r.duration_s * 1000:.0f} ms")
+        lines.append(f"  cleanup ({r.reason}): {verdict} in {ms(r.duration_s)}")
         lines.extend(f"    {c.name}: {c.describe()}" for c in r.services)
     return "\n".join(lines)
 
