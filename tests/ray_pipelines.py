@@ -145,3 +145,16 @@ class Stuck(MapFunction):
 class BrokenSetup(BaseService):
     def setup(self) -> None:
         raise ConnectionError("database unreachable")
+
+
+class SlowSink(SinkFunction):
+    """Consumes about `rate` records per second."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        self.pause, self.n = 100 / rate, 0
+
+    def execute(self, data) -> None:
+        self.n += 1
+        if self.n % 100 == 0:
+            time.sleep(self.pause)

@@ -11,7 +11,7 @@ import threading
 import pytest
 import ray
 
-from ray_pipelines import (BrokenSetup, FileSink, Journal, Stuck, Ticks, job_actors, journal,
+from ray_pipelines import (BrokenSetup, FileSink, Journal, SlowSink, Stuck, Ticks, job_actors, journal,
                            live_actors, read_sinks, sink_pids, wait_for)
 from sage_jupyter import JobState, LocalEnvironment, MapFunction, PipelineError
 from sage_jupyter.runtime import ray_support
@@ -217,3 +217,25 @@ def test_orphans_of_dead_processes_are_found_and_killed():
     assert f"killed {kept}" in cli.stdout
     ray_support.wait_dead([a._actor_id.hex() for a in actors], 10.0)
     assert {a["name"]: a["state"] for a in ray_support.sage_actors()}[kept] == "DEAD"
+
+
+def test_a_slow_consumer_holds_the_source_back(no_thread_leak):
+    from sage_jupyter.runtime.operators import MAX_BATCH
+    from sage_jupyter.runtime.ray_backend import INBOX_CAPACITY, INFLIGHT_PER_LINK
+
+    total = 200_000
+    env = LocalEnvironment("backpressure", backend="ray")
+    env.from_batch(range(total)).keyby(lambda x: x % 2).sink(SlowSink, 5000, parallelism=2)
+    job = env.submit(autostop=True, block=False, cleanup=CleanupPolicy(graceful_timeout=0.3, kill_timeout=2.0))
+
+    def consumed() -> int:
+        return job.status().records_in
+
+    wait_for(lambda: consumed() > 5000, what="the sinks to consume")
+    produced = job.status().records_out
+    # Per sink: its inbox, the source's calls in flight, one batch being processed, plus
+    # what the sinks consumed since their last status poll.
+    bound = 2 * (INBOX_CAPACITY + INFLIGHT_PER_LINK + 1) * MAX_BATCH + 5000
+    assert produced - consumed() <= bound < total - 5000
+    assert job.stop(timeout=60) is JobState.STOPPED  # stop with records still in flight
+    assert live_actors(job) == []

@@ -32,7 +32,7 @@ from .threads import spawn
 
 INFLIGHT_PER_LINK = 4  # unacknowledged batches per producer->consumer link
 INBOX_CAPACITY = 8  # batches a consumer queues before its pushes wait
-POLL_WAIT_S = 0.5  # a status poll answers at the latest after this, sooner on output
+POLL_WAIT_S = 0.25  # a status poll answers at the latest after this, sooner on output
 OUTPUT_COALESCE_S = 0.02
 SETTLE_S = 0.25  # how often a blocked sender looks at the abort flag
 

@@ -56,10 +56,39 @@ def ensure_ray():
             if address:
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
             else:
-                ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+                _start_local(ray)
                 _started_here = True
         _hook_exit()
     return ray
+
+
+def _start_local(ray) -> None:
+    """Start a local Ray from a thread that lives as long as the process.
+
+    Ray's head processes get SIGKILL when the thread that forked them ends (Linux
+    parent-death signal), so a short-lived runtime thread must not start them.
+    """
+    options = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if threading.current_thread() is threading.main_thread():
+        ray.init(**options)
+        return
+    started = threading.Event()
+    failure: list[BaseException] = []
+
+    def own() -> None:
+        try:
+            ray.init(**options)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            failure.append(exc)
+            return
+        finally:
+            started.set()
+        threading.Event().wait()  # never returns: this thread owns Ray's processes
+
+    threading.Thread(target=own, name="ray-owner", daemon=True).start()
+    started.wait()
+    if failure:
+        raise failure[0]
 
 
 def started_ray() -> bool:
@@ -98,7 +127,12 @@ def loads(data: bytes) -> Any:
 
 def check_shippable(graph: PipelineGraph, services: Iterable[ServiceSpec]) -> None:
     """Pickle every stage's code and every remote service's class and arguments now, so a
-    pipeline that cannot reach Ray fails at submit with the culprit named."""
+    pipeline that cannot reach Ray fails at submit with the culprit named.
+
+    Called by `submit` whenever the job needs Ray, so it also starts (or attaches to) Ray
+    here, on the submitting thread: usually the main thread, where Ray wants to start.
+    """
+    ensure_ray()
     labels = graph.labels()
     for stage in graph.stages:
         for what, obj in (("function", stage.user_object), ("factory", stage.factory),
