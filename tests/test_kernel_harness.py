@@ -2,6 +2,8 @@
 
 Shared by the kernel tests (no tests here). Messages are collected on a background
 thread because widget updates arrive between and after cells, not only during one.
+`SAGE_TEST_KERNEL_PYTHON=/path/to/python` runs the kernel with another interpreter (for
+example one with ipykernel 6.29 and sage_jupyter installed).
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ class Kernel:
         kernel_env.update(env or {})
         kernel_env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
         self.km = KernelManager(kernel_name="python3")
+        other_python = os.environ.get("SAGE_TEST_KERNEL_PYTHON")
+        if other_python:  # e.g. a venv with ipykernel 6.29, to check the older kernel too
+            self.km.kernel_spec.argv[0] = other_python
         self.km.start_kernel(env=kernel_env)
         self.kc = self.km.client()
         self.kc.start_channels()

@@ -195,9 +195,14 @@ class JobWidget:
     def display(self) -> "JobWidget":
         """Display the widget in the current cell, keeping a handle to update its
         static fallback with the final state when the job ends."""
+        from IPython import get_ipython
         from IPython.display import display
 
-        self._display = display(self, display_id=True)
+        handle = display(self, display_id=True)
+        # Only a kernel's frontends replace a display on update; a terminal would print
+        # the whole job again, so there the final state is not re-published.
+        if getattr(get_ipython(), "kernel", None) is not None:
+            self._display = handle
         return self
 
     def publish_final(self) -> bool:
