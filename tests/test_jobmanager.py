@@ -14,7 +14,7 @@ import pytest
 
 from sage_jupyter import (BaseService, JobHandle, JobState, JobStatus, MapFunction, PipelineError, RemoteEnvironment,
                           SinkFunction, SourceFunction)
-from sage_jupyter.jobmanager import JobManagerConnectionError, JobManagerError, RemoteJobHandle
+from sage_jupyter.jobmanager import JobManagerError, RemoteJobHandle
 from sage_jupyter.jobmanager.launch import start_daemon
 
 
@@ -72,6 +72,12 @@ class Ticks(SourceFunction):
         time.sleep(0.01)
         self.n += 1
         return self.n
+
+
+class Logs(MapFunction):
+    def execute(self, x):
+        self.logger.info("logged %s", x)
+        return x
 
 
 class Boom(MapFunction):
@@ -158,7 +164,7 @@ def test_nonblocking_handle_works_over_the_wire(daemon, tmp_path, no_thread_leak
         print(f"record {x}")
         return x
 
-    env.from_batch(range(5)).map(shout).map(Bump).sink(lambda x: None)
+    env.from_batch(range(5)).map(shout).map(Bump).map(Logs).sink(lambda x: None)
     job = env.submit(autostop=True, block=False)
     seen: list[JobStatus] = []
     unsubscribe = job.subscribe(seen.append)
@@ -166,6 +172,7 @@ def test_nonblocking_handle_works_over_the_wire(daemon, tmp_path, no_thread_leak
     assert job.wait(timeout=60) is JobState.FINISHED
     assert job.cleanup_report.ok and cleaned_by(marker)[0] == 5
     assert job.output("stdout").splitlines() == [f"record {i}" for i in range(5)]
+    assert "INFO" in job.output("stderr") and "logged 40" in job.output("stderr")  # self.logger too
     deadline = time.monotonic() + 10
     while not (seen and seen[-1].state.terminal) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -256,6 +263,10 @@ def test_refused_submissions_are_clear_errors(daemon, tmp_path):
 
     with pytest.raises(ValueError, match="unknown key"):
         make_env(daemon, "cfg", colour="red")
+    with pytest.raises(ValueError, match="heartbeat_timeout"):
+        make_env(daemon, "cfg", heartbeat_timeout="soon")
+    with pytest.raises(ValueError, match="forward_output"):
+        make_env(daemon, "cfg", forward_output="yes")
     with pytest.raises(ValueError, match="port"):
         RemoteEnvironment("port", port=70000)
 

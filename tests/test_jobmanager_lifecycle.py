@@ -72,6 +72,7 @@ def run_client_then_kill(daemon, tmp_path: Path, mode: str) -> str:
     finally:
         client.kill()  # SIGKILL: no atexit, no goodbye
         client.wait()
+        client.stdout.close()
     return job_id
 
 
@@ -102,10 +103,10 @@ class Ticks(SourceFunction):
 
 
 def test_cancel_on_disconnect_job_lives_while_its_client_sends_heartbeats(daemon, no_thread_leak):
-    env = RemoteEnvironment("alive", port=daemon.port, token=daemon.token, config={"heartbeat_timeout": 1.0})
+    env = RemoteEnvironment("alive", port=daemon.port, token=daemon.token, config={"heartbeat_timeout": 2.0})
     env.from_source(Ticks).sink(lambda x: None)
     job = env.submit(block=False, cancel_on_disconnect=True)
-    time.sleep(3.0)  # three heartbeat timeouts
+    time.sleep(5.0)  # two and a half heartbeat timeouts
     assert job.state is JobState.RUNNING
     env.close()
     assert job.state is JobState.STOPPED
@@ -194,6 +195,7 @@ def test_sigterm_stops_every_job_cleans_every_service_and_exits(tmp_path):
 
     daemon.process.send_signal(signal.SIGTERM)
     assert daemon.process.wait(5) == 0  # the contract: out within 5 s (jupyter_client's SIGKILL point)
+    assert daemon.stop() == 0  # already gone: this only reaps its pipe
     assert (tmp_path / "a").read_text() == "cleaned" and (tmp_path / "b").read_text() == "cleaned"
     assert not psutil.pid_exists(daemon.pid)  # reaped by wait(): nothing of it is left
     assert not [p for p in service_pids if psutil.pid_exists(p)], "a service's process survived"

@@ -58,7 +58,11 @@ def raw(daemon, data: bytes, half_close: bool = True) -> bytes:
 
 
 def still_serving(daemon) -> bool:
-    return JobManagerClient(port=daemon.port, token=daemon.token).info()["server"] == "sage-jobmanager"
+    client = JobManagerClient(port=daemon.port, token=daemon.token)
+    try:
+        return client.info()["server"] == "sage-jobmanager"
+    finally:
+        client.close()
 
 
 class MakesDirectory:
@@ -197,6 +201,11 @@ def test_non_loopback_host_requires_a_token(tmp_path):
     assert done.returncode == 2 and "--token-file" in done.stderr and "No such file" in done.stderr
 
 
+def test_a_daemon_that_cannot_start_is_reported_by_the_launcher():
+    with pytest.raises(RuntimeError, match="exited with code 2"):
+        start_daemon(token=None, host="0.0.0.0")
+
+
 def test_token_from_a_file_is_enforced(tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text("from-a-file\n")
@@ -208,3 +217,34 @@ def test_token_from_a_file_is_enforced(tmp_path):
         assert JobManagerClient(port=proc.port, token="from-a-file").info()["protocol"] == 1
     finally:
         assert proc.stop() == 0
+
+
+def test_status_on_the_wire_is_exactly_job_status_to_dict():
+    from sage_jupyter import BaseService, LocalEnvironment, PipelineError
+    from sage_jupyter.jobmanager.protocol import to_wire
+    from sage_jupyter.runtime.job import status_from_dict
+
+    class Svc(BaseService):
+        def cleanup(self):
+            raise RuntimeError("cleanup broke")
+
+    def boom(x):
+        raise ValueError("no")
+
+    env = LocalEnvironment("wire")
+    env.register_service("svc", Svc)
+    env.from_batch([1, 2]).map(boom).sink(lambda x: None)
+    with pytest.raises(PipelineError):
+        env.submit(autostop=True)
+    status = env.job.status()
+    assert status.error is not None and status.cleanup_report is not None and status.tasks
+    assert to_wire(status) == status.to_dict()
+    assert status_from_dict(json.loads(json.dumps(to_wire(status)))) == status
+
+
+def test_a_port_in_use_is_a_clear_startup_error(daemon):
+    env = {k: v for k, v in os.environ.items() if k != "SAGE_JOBMANAGER_TOKEN"}
+    done = subprocess.run([sys.executable, "-m", "sage_jupyter.jobmanager", "--port", str(daemon.port),
+                           "--token", "t"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and f"cannot listen on 127.0.0.1:{daemon.port}" in done.stderr
+    assert still_serving(daemon)

@@ -37,6 +37,7 @@ class RemoteEnvironment(BaseEnvironment):
         if unknown:
             raise ValueError(f"RemoteEnvironment config: unknown key(s) {', '.join(unknown)}; "
                              f"known: {', '.join(CONFIG_KEYS)}")
+        _check_config(self.config)
         if token is None:
             token = os.environ.get(TOKEN_ENV) or None
         self.host = host
@@ -117,3 +118,18 @@ class RemoteEnvironment(BaseEnvironment):
 
     def __repr__(self) -> str:
         return f"<RemoteEnvironment {self.name!r} on {self.address}>"
+
+
+def _check_config(config: dict[str, Any]) -> None:
+    def number(key: str, lo: float, hi: float) -> None:
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not lo <= value <= hi):
+            raise ValueError(f"RemoteEnvironment config[{key!r}] must be a number of seconds in "
+                             f"[{lo:g}, {hi:g}], got {value!r}")
+
+    number("timeout", 0.1, 3600)
+    number("heartbeat_timeout", 0.5, 3600)
+    if not isinstance(config.get("forward_output", True), bool):
+        raise ValueError(f"RemoteEnvironment config['forward_output'] must be True or False, "
+                         f"got {config['forward_output']!r}")

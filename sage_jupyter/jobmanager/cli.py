@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import sys
+from typing import Callable
 
 from .protocol import DEFAULT_MAX_BODY_BYTES, DEFAULT_PORT, TOKEN_ENV, is_loopback
 
@@ -28,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-file", default=None, help="write the log here instead of stderr")
     p.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_BYTES / 2**20,
                    help="largest accepted request body in MiB (default %(default)g)")
+    p.add_argument("--announce-fd", type=int, default=None, metavar="FD",
+                   help="write the 'listening on HOST:PORT' line to this inherited file descriptor, "
+                        "then close it (for programs that start the daemon with --port 0)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v: info, -vv: debug)")
     return p
 
@@ -64,9 +68,17 @@ def configure_logging(verbose: int, log_file: str | None) -> None:
     root.setLevel(min(handler.level, logging.INFO))
 
 
-def announce(host: str, port: int) -> None:
-    # One line on stdout, so a script that started us with --port 0 learns the port.
-    print(f"sage-jobmanager listening on {host}:{port} (pid {os.getpid()})", flush=True)
+def announcer(fd: int | None) -> Callable[[str, int], None]:
+    def announce(host: str, port: int) -> None:
+        # One line, so whoever started us with --port 0 learns the port.
+        line = f"sage-jobmanager listening on {host}:{port} (pid {os.getpid()})"
+        if fd is None:
+            print(line, flush=True)
+            return
+        with os.fdopen(fd, "w") as f:
+            f.write(line + "\n")
+
+    return announce
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("sage_jupyter.jobmanager").warning(
             "no token: any local user can submit jobs to %s:%d", args.host, args.port)
     try:
-        asyncio.run(manager.serve(args.host, args.port, announce))
+        asyncio.run(manager.serve(args.host, args.port, announcer(args.announce_fd)))
     except OSError as exc:
         print(f"sage-jobmanager: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1

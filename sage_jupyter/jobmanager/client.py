@@ -51,6 +51,16 @@ class JobManagerConnectionError(ConnectionError):
         self.address = address
 
 
+class _Connection(http.client.HTTPConnection):
+    """A keep-alive connection that closes itself when dropped, e.g. with the
+    thread-local storage of a thread that ended."""
+
+    last_used = 0.0
+
+    def __del__(self) -> None:
+        self.close()
+
+
 class JobManagerClient:
     """Talks to one JobManager. Thread-safe: each thread uses its own keep-alive connection."""
 
@@ -69,7 +79,7 @@ class JobManagerClient:
         self.timeout = float(timeout)
         self._headers = auth_header(token)
         self._local = threading.local()
-        self._conns: "weakref.WeakSet[http.client.HTTPConnection]" = weakref.WeakSet()
+        self._conns: "weakref.WeakSet[_Connection]" = weakref.WeakSet()
         self._lock = threading.Lock()
 
     @property
@@ -78,15 +88,14 @@ class JobManagerClient:
 
     # ---- transport --------------------------------------------------------------------
 
-    def _connection(self, fresh: bool) -> tuple[http.client.HTTPConnection, bool]:
+    def _connection(self, fresh: bool) -> tuple[_Connection, bool]:
         """(connection, reused) for this thread."""
         conn = getattr(self._local, "conn", None)
-        idle = time.monotonic() - getattr(self._local, "used", 0.0)
-        if conn is not None and (fresh or idle > STALE_AFTER_S):
+        if conn is not None and (fresh or time.monotonic() - conn.last_used > STALE_AFTER_S):
             conn.close()
             conn = None
         if conn is None:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            conn = _Connection(self.host, self.port, timeout=self.timeout)
             self._local.conn = conn
             with self._lock:
                 self._conns.add(conn)
@@ -94,13 +103,15 @@ class JobManagerClient:
         return conn, conn.sock is not None
 
     def request(self, method: str, path: str, query: dict[str, Any] | None = None, body: bytes | None = None,
-                wait: float = 0.0, fresh: bool = False, retry: bool = True) -> dict[str, Any]:
-        """One JSON request; raises JobManagerError (refused) or JobManagerConnectionError."""
+                wait: float = 0.0, fresh: bool = False, retry: bool = True,
+                timeout: float | None = None) -> dict[str, Any]:
+        """One JSON request; raises JobManagerError (refused) or JobManagerConnectionError.
+        It may take `timeout` (default: the client's) plus the long-poll `wait` it asks for."""
         url = API_PREFIX + path + ("?" + urllib.parse.urlencode(query) if query else "")
         headers = dict(self._headers)
         if body is not None:
             headers["Content-Type"] = "application/json"
-        timeout = self.timeout + wait
+        timeout = (self.timeout if timeout is None else timeout) + wait
         for attempt in (0, 1):
             conn, reused = self._connection(fresh or attempt > 0)
             conn.timeout = timeout
@@ -120,7 +131,7 @@ class JobManagerClient:
                 if reused and retry and attempt == 0:
                     continue
                 raise JobManagerConnectionError(self.address, self._describe(exc, method, url)) from None
-            self._local.used = time.monotonic()
+            conn.last_used = time.monotonic()
             if resp.getheader("Connection", "").lower() == "close":
                 conn.close()
             return self._decode(resp.status, data)
@@ -147,6 +158,13 @@ class JobManagerClient:
         if not isinstance(reply, dict):
             raise JobManagerError(self.address, status, "bad_response", f"reply is not an object: {data[:200]!r}")
         return reply
+
+    def release(self) -> None:
+        """Close the calling thread's connection (background threads do, as they end)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
 
     def close(self) -> None:
         """Close every connection this client opened (from any thread)."""
@@ -188,6 +206,12 @@ class JobManagerClient:
         reply = self.job(job_id)
         return RemoteJobHandle(self, job_id, reply["status"]["name"], reply=reply, output=output)
 
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter teardown
+            pass
+
     def __repr__(self) -> str:
         return f"<JobManagerClient {self.address}>"
 
@@ -207,12 +231,21 @@ _cancel_at_exit: "weakref.WeakSet[RemoteJobHandle]" = weakref.WeakSet()
 _exit_hooked = False
 
 
+def _cancel_at_exit_of_this_process(handle: "RemoteJobHandle") -> None:
+    global _exit_hooked
+    _cancel_at_exit.add(handle)
+    if not _exit_hooked:
+        atexit.register(_stop_cancellable_jobs)
+        _exit_hooked = True
+
+
 def _stop_cancellable_jobs() -> None:
     """Interpreter exit: a `cancel_on_disconnect` job goes now, not a heartbeat timeout later."""
     for handle in list(_cancel_at_exit):
         if handle._final is None:
             try:
-                handle._client.request("POST", f"/jobs/{_quote(handle.job_id)}/stop", body=b"", retry=False)
+                handle._client.request("POST", f"/jobs/{_quote(handle.job_id)}/stop", body=b"", retry=False,
+                                       timeout=1.0)
             except (JobManagerError, JobManagerConnectionError):
                 pass
 
@@ -252,17 +285,19 @@ class RemoteJobHandle:
             self._parse(reply)
         if cancel_on_disconnect:
             self._start(self._send_heartbeats, "heartbeat")
-            global _exit_hooked
-            _cancel_at_exit.add(self)
-            if not _exit_hooked:
-                atexit.register(_stop_cancellable_jobs)
-                _exit_hooked = True
+            _cancel_at_exit_of_this_process(self)
         if output is not None:
             self.forward_output(output)
 
     def _start(self, target: Callable[[], None], role: str) -> threading.Thread:
         # Named "sage..." so leak checks see them; they end with the job or at close().
-        thread = spawn(target, f"sage-remote:{self._job_id}:{role}", start=False)
+        def run() -> None:
+            try:
+                target()
+            finally:
+                self._client.release()
+
+        thread = spawn(run, f"sage-remote:{self._job_id}:{role}", start=False)
         self._threads.append(thread)
         thread.start()
         return thread

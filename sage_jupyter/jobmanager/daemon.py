@@ -40,7 +40,7 @@ log = logging.getLogger("sage_jupyter.jobmanager")
 # SIGTERM must end the process within 5 s: jobs get a short drain, hooks a short budget.
 SHUTDOWN_POLICY = CleanupPolicy(graceful_timeout=1.0, kill_timeout=0.5)
 SHUTDOWN_BUDGET_S = 3.5
-KEEP_ENDED_JOBS = 200
+KEEP_ENDED_JOBS = 100  # with up to 1 MB of output each
 HEARTBEAT_CHECK_MS = 500
 TASK_ENDED = (TaskState.FINISHED, TaskState.STOPPED)
 WAIT_CONDITIONS = ("change", "settled", "terminal")
@@ -186,8 +186,9 @@ class JobManager:
 
     async def wait_for(self, rec: JobRecord, ready: Callable[[], bool], wait: float) -> None:
         """Long-poll: return when `ready()` or after `wait` seconds."""
+        # At shutdown too: waiters are woken once every job ended, with the final states.
         deadline = time.monotonic() + min(wait, protocol.LONG_POLL_MAX_S)
-        while not ready() and not self.closing:
+        while not ready():
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -258,8 +259,8 @@ class JobManager:
             log.warning("second signal: exiting at once")
             os._exit(1)
         name = signal.Signals(sig).name if sig else "request"
-        log.info("%s: stopping %d job(s) and shutting down", name,
-                    sum(not r.dispatcher.state.terminal for r in self.jobs.values()))
+        live = sum(not r.dispatcher.state.terminal for r in self.jobs.values())
+        log.info("%s: stopping %d job(s) and shutting down", name, live)
         self.closing = True
         if self._shutdown is not None:
             self._shutdown.set()
@@ -449,8 +450,8 @@ class OutputHandler(ApiHandler):
         if wait > 0:
             await self.manager.wait_for(rec, ready, wait)
         terminal = rec.dispatcher.state.terminal  # read first: text written before the end is included
-        chunks = out.since(since)
-        self.reply({"chunks": [list(c) for c in chunks], "next": out.next_seq,
+        chunks, next_seq = out.since(since)
+        self.reply({"chunks": [list(c) for c in chunks], "next": next_seq,
                     "dropped_chars": out.dropped_chars, "done": terminal, "state": rec.dispatcher.state.value})
 
 

@@ -10,9 +10,8 @@ import select
 import signal
 import subprocess
 import sys
-import threading
 import time
-from typing import IO, Any, Sequence
+from typing import Any, Sequence
 
 from .protocol import TOKEN_ENV
 
@@ -72,7 +71,9 @@ def start_daemon(token: str | None = "generate", host: str = "127.0.0.1", port: 
     """Run `python -m sage_jupyter.jobmanager` and wait until it listens.
 
     `token="generate"` makes a random one (read it from `.token`); `None` runs without.
-    The token travels in the child's environment, not on its command line.
+    The token travels in the child's environment, not on its command line. The daemon
+    tells its port through a pipe of its own (`--announce-fd`); its stdout and stderr
+    are this process's.
     """
     if token == "generate":
         token = secrets.token_urlsafe(24)
@@ -80,44 +81,39 @@ def start_daemon(token: str | None = "generate", host: str = "127.0.0.1", port: 
     child_env.pop(TOKEN_ENV, None)
     if token is not None:
         child_env[TOKEN_ENV] = token
-    cmd = [sys.executable, "-m", "sage_jupyter.jobmanager", "--host", host, "--port", str(port), *args]
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=child_env)
-    assert process.stdout is not None
-    line = _read_line(process, process.stdout, startup_timeout)
-    match = _ANNOUNCE.search(line)
+    read_end, write_end = os.pipe()
+    cmd = [sys.executable, "-m", "sage_jupyter.jobmanager", "--host", host, "--port", str(port),
+           "--announce-fd", str(write_end), *args]
+    try:
+        process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=child_env, pass_fds=(write_end,))
+    finally:
+        os.close(write_end)  # the child holds its copy; EOF here means it exited or announced
+    try:
+        line = _read_line(read_end, startup_timeout)
+    finally:
+        os.close(read_end)
+    match = _ANNOUNCE.search(line) if line else None
     if match is None:
-        process.kill()
+        if process.poll() is None:
+            process.kill()
         process.wait()
-        raise RuntimeError(f"sage-jobmanager did not start (exit code {process.returncode}); "
-                           f"it said: {line.strip()!r:.300}")
-    # Keep draining its stdout, so a stray print in the daemon can never block it on a full pipe.
-    threading.Thread(target=_drain, args=(process.stdout,), name=f"jobmanager-stdout-{process.pid}",
-                     daemon=True).start()
+        why = "did not announce its port in time" if line is None else f"exited with code {process.returncode}"
+        raise RuntimeError(f"sage-jobmanager {why} (see its messages on stderr)")
     return DaemonProcess(process, match.group(1), int(match.group(2)), token)
 
 
-def _read_line(process: subprocess.Popen, stream: IO[bytes], timeout: float) -> str:
+def _read_line(fd: int, timeout: float) -> str | None:
+    """The first line from `fd`, "" at EOF, None after `timeout`."""
     deadline = time.monotonic() + timeout
     buf = b""
-    fd = stream.fileno()
     while not buf.endswith(b"\n"):
         left = deadline - time.monotonic()
         if left <= 0:
-            process.kill()
-            process.wait()
-            raise TimeoutError(f"sage-jobmanager did not announce its port within {timeout:g} s")
-        ready, _, _ = select.select([fd], [], [], min(left, 0.5))
+            return None
+        ready, _, _ = select.select([fd], [], [], left)
         if ready:
             chunk = os.read(fd, 4096)
-            if not chunk:  # exited
+            if not chunk:
                 break
             buf += chunk
     return buf.decode(errors="replace")
-
-
-def _drain(stream: IO[bytes]) -> None:
-    try:
-        while os.read(stream.fileno(), 65536):
-            pass
-    except (OSError, ValueError):
-        pass

@@ -44,12 +44,14 @@ class OutputBuffer:
     def next_seq(self) -> int:
         return self._next
 
-    def since(self, seq: int) -> list[tuple[int, str, str]]:
+    def since(self, seq: int) -> tuple[list[tuple[int, str, str]], int]:
+        """The chunks numbered `seq` and later that are still kept, and the number to ask
+        for next time (read together, so no chunk can slip between them)."""
         with self._lock:
             if not self._chunks or seq >= self._next:
-                return []
+                return [], self._next
             start = max(0, seq - self._chunks[0][0])
-            return self._chunks[start:]
+            return self._chunks[start:], self._next
 
 
 class ThreadRoutedStream(io.TextIOBase):

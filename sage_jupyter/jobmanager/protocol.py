@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import enum
 import functools
 import io
@@ -21,7 +20,7 @@ import site
 import sys
 import sysconfig
 import types
-from dataclasses import asdict, dataclass
+from dataclasses import Field, asdict, dataclass, fields, is_dataclass
 from typing import Any
 
 import cloudpickle
@@ -54,10 +53,6 @@ class ProtocolError(Exception):
         return {"error": {"status": self.status, "code": self.code, "message": self.message}}
 
 
-def error_body(status: int, code: str, message: str) -> bytes:
-    return json.dumps(ProtocolError(status, code, message).to_dict()).encode()
-
-
 def is_loopback(host: str) -> bool:
     return host in LOOPBACK_HOSTS or host.startswith("127.")
 
@@ -79,7 +74,7 @@ def parse_auth_header(value: str | None) -> str | None:
 def to_wire(value: Any) -> Any:
     """`JobStatus.to_dict()` without its deep copies: status replies are the daemon's
     most frequent work (views poll them). Same result for any frozen dataclass tree."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    if is_dataclass(value) and not isinstance(value, type):
         return {f.name: to_wire(getattr(value, f.name)) for f in _fields(type(value))}
     if isinstance(value, enum.Enum):
         return value.value
@@ -91,8 +86,8 @@ def to_wire(value: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=None)
-def _fields(cls: type) -> tuple[dataclasses.Field, ...]:
-    return dataclasses.fields(cls)
+def _fields(cls: type) -> tuple[Field, ...]:
+    return fields(cls)
 
 
 # ---- job options --------------------------------------------------------------------
