@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ray_pipelines import Boom, CallJournal, FileSink, Journal, Ticks, journal, live_actors, read_sinks, wait_for
+from ray_pipelines import (Boom, CallJournal, FileSink, Journal, Ticks, journal, live_actors, read_sinks,
+                           wait_for)
 from sage_jupyter import JobState, LocalEnvironment, PipelineError
 from sage_jupyter.runtime.policy import CleanupPolicy
 

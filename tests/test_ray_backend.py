@@ -107,11 +107,12 @@ def test_print_in_ray_stage_and_service_reaches_the_job_output(tmp_path, no_thre
     env = LocalEnvironment("loud", backend="ray")
     env._output = output
     env.register_service("journal", Journal, str(tmp_path / "j.jsonl"))
-    env.from_batch([1, 2, 3]).map(Loud).sink(FileSink, str(tmp_path))
+    env.from_batch(range(2000)).map(Loud).sink(FileSink, str(tmp_path))
     env.submit(autostop=True)
     stdout = "".join(t for s, t in texts if s == "stdout")
-    assert "stage saw 1\nstage saw 2\n" in stdout and "stage saw 3\n" in stdout
-    assert "service says hello\n" in stdout and "HELLO\n" in stdout
+    seen = [line for line in stdout.splitlines() if line.startswith("stage saw")]
+    assert seen == [f"stage saw {i}" for i in range(2000)]  # all of it, in order
+    assert "service says hello\nHELLO\n" in stdout  # the service's print came back with the call
 
 
 def test_actor_killed_from_outside_fails_the_job(tmp_path, no_thread_leak):
@@ -183,7 +184,8 @@ def test_service_setup_failure_fails_the_job_and_kills_its_actor(tmp_path, no_th
 def test_stop_kills_a_stage_stuck_in_user_code(tmp_path, no_thread_leak):
     env = LocalEnvironment("stuck", backend="ray")
     env.from_source(Ticks).map(Stuck).sink(FileSink, str(tmp_path))
-    job = env.submit(autostop=True, block=False, cleanup=CleanupPolicy(graceful_timeout=0.3, kill_timeout=0.5))
+    policy = CleanupPolicy(graceful_timeout=0.3, kill_timeout=0.5)
+    job = env.submit(autostop=True, block=False, cleanup=policy)
     wait_for(lambda: job.status().records_out > 0 and len(job_actors(job)) == 1, what="the stage to start")
     assert job.stop(timeout=60) is JobState.STOPPED
     assert job.cleanup_report.tasks_left_running == ()
@@ -226,7 +228,8 @@ def test_a_slow_consumer_holds_the_source_back(no_thread_leak):
     total = 200_000
     env = LocalEnvironment("backpressure", backend="ray")
     env.from_batch(range(total)).keyby(lambda x: x % 2).sink(SlowSink, 5000, parallelism=2)
-    job = env.submit(autostop=True, block=False, cleanup=CleanupPolicy(graceful_timeout=0.3, kill_timeout=2.0))
+    policy = CleanupPolicy(graceful_timeout=0.3, kill_timeout=2.0)
+    job = env.submit(autostop=True, block=False, cleanup=policy)
 
     def consumed() -> int:
         return job.status().records_in

@@ -16,7 +16,7 @@ from collections import deque
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError
 
 from .backend import JobRuntime, TaskBackend
 from .channels import END, Aborted, Channel
@@ -69,7 +69,7 @@ class _Link:
             except GetTimeoutError:
                 if self.actor.aborted:
                     raise Aborted() from None
-            except RayActorError:  # the consumer died; the driver reports why
+            except ActorDiedError:  # the consumer died; the driver reports why
                 raise Aborted() from None
 
 
@@ -98,6 +98,8 @@ class ChainActor:
         self.aborted = False
         self._runner: ChainRunner | None = None
         self._caller: Any = None
+        self._links: list[list[_Link]] = []
+        self._finished = False
 
     # ---- data ----------------------------------------------------------------------
 
@@ -123,16 +125,15 @@ class ChainActor:
 
     @ray.method(concurrency_group="run")
     def run(self) -> dict[str, Any]:
-        state, error = TaskState.RUNNING, None
+        state, error, failing = TaskState.RUNNING, None, None
         runner = None
         try:
             chain, index = loads(self._payload)
             self._caller = actor_service_caller(self._service_targets)
             runner = self._runner = ChainRunner(chain, index, self._make_ctx)
-            routes = [
-                make_route(edge, index, [link.put for link in links])
-                for edge, links in zip(chain.outputs, self._links(chain))
-            ]
+            self._links = [[_Link(h, self._task_name, self) for h in handles] for handles in self._outputs]
+            routes = [make_route(edge, index, [link.put for link in links])
+                      for edge, links in zip(chain.outputs, self._links)]
             runner.open()
             state = self._drive(chain, runner, routes)
         except Aborted:
@@ -140,20 +141,18 @@ class ChainActor:
             if runner is not None:
                 runner.close_quietly()
         except BaseException as exc:  # noqa: BLE001 - reported to the driver
-            label = runner.failing_label if runner is not None else self._first_label
-            error = error_info(f"stage {label!r} (instance {self._index})", exc)
+            failing = runner.failing_label if runner is not None else self._first_label
+            error = error_info(f"stage {failing!r} (instance {self._index})", exc)
             state = TaskState.FAILED
             if runner is not None:
                 runner.close_quietly()
         finally:
             self._inbox.abort()  # late or blocked pushes return at once
-        return {"state": state, "error": error, "counters": self._counters(),
-                "failing": runner.failing_label if (runner is not None and error) else None,
-                "output": self._capture.drain()}
-
-    def _links(self, chain: ChainSpec) -> list[list[_Link]]:
-        self._link_lists = [[_Link(h, self._task_name, self) for h in handles] for handles in self._outputs]
-        return self._link_lists
+        output = self._capture.drain()
+        self._finished = True
+        self._capture.ready.set()  # a waiting poll answers now
+        return {"state": state, "error": error, "counters": self._counters(), "failing": failing,
+                "output": output}
 
     def _drive(self, chain: ChainSpec, runner: ChainRunner, routes: list) -> TaskState:
         if len(routes) == 1:
@@ -179,10 +178,10 @@ class ChainActor:
                 if out and routes:
                     send(out)
         runner.close()
-        for edge, links in zip(chain.outputs, self._link_lists):
+        for edge, links in zip(chain.outputs, self._links):
             for i in end_targets(edge, self._index, len(links)):
                 links[i].put(END)
-        for links in self._link_lists:
+        for links in self._links:
             for link in links:
                 link.flush()
         return TaskState.STOPPED if stopped else TaskState.FINISHED
@@ -203,7 +202,7 @@ class ChainActor:
     @ray.method(concurrency_group="poll")
     def poll(self) -> dict[str, Any]:
         """Counters and captured output; waits up to `POLL_WAIT_S` for output to show up."""
-        if self._capture.ready.wait(POLL_WAIT_S):
+        if not self._finished and self._capture.ready.wait(POLL_WAIT_S) and not self._finished:
             time.sleep(OUTPUT_COALESCE_S)  # gather a burst of prints into one answer
         return {"counters": self._counters(), "output": self._capture.drain()}
 
@@ -288,7 +287,6 @@ class RayBackend(TaskBackend):
         with self._lock:
             self.tasks = created
             for task in created:
-                task.state = TaskState.RUNNING
                 task.run_ref = task.actor.run.remote()
                 task.poll_ref = task.actor.poll.remote()
                 self._refs[task.run_ref] = (task, "run")
@@ -336,11 +334,14 @@ class RayBackend(TaskBackend):
         task.counters = answer["counters"]
         deliver_output(answer["output"], self._job.output if self._job else None)
         with self._lock:
+            if not task.ended and task.state is TaskState.CREATED:
+                task.state = TaskState.RUNNING  # its actor is up
             if not task.ended and not self._killing:
                 task.poll_ref = task.actor.poll.remote()
                 self._refs[task.poll_ref] = (task, "poll")
 
     def _ended(self, task: RayTask, ref: Any) -> None:
+        self._last_poll(task)
         state, error = TaskState.FAILED, None
         try:
             result = ray.get(ref)
@@ -362,15 +363,28 @@ class RayBackend(TaskBackend):
             error = error_info(f"task {task.name!r} (Ray actor {task.actor_id})", exc)
         self._report(task, state, error)
 
+    def _last_poll(self, task: RayTask) -> None:
+        """Deliver the output of the task's outstanding poll before that of its end, to
+        keep its order (a finished run wakes the poll at once)."""
+        with self._lock:
+            ref = task.poll_ref if task.poll_ref in self._refs else None
+            if ref is not None:
+                del self._refs[ref]
+        if ref is None:
+            return
+        try:
+            answer = ray.get(ref, timeout=1.0)
+        except Exception:  # noqa: BLE001 - dead actor, or a slow one: join() reads it
+            return
+        deliver_output(answer["output"], self._job.output if self._job else None)
+
     def _report(self, task: RayTask, state: TaskState, error: ErrorInfo | None) -> None:
         with self._lock:
             if task.ended:
                 return
             task.ended = True
             task.state, task.error = state, error
-            stale = task.poll_ref
-            if stale is not None and stale in self._refs:
-                del self._refs[stale]  # collected (and read) in join()
+            self._refs.pop(task.poll_ref, None)  # a poll left: read in join()
             if all(t.ended for t in self.tasks):
                 self._all_ended.set()
         self._job.on_task_end(task.name, state, error)

@@ -63,7 +63,7 @@ def public_methods(instance: Any) -> list[str]:
         if name.startswith("_"):
             continue
         attr = inspect.getattr_static(type(instance), name)
-        if isinstance(attr, (staticmethod, classmethod)) or inspect.isfunction(attr) or inspect.ismethoddescriptor(attr):
+        if isinstance(attr, (staticmethod, classmethod)) or inspect.isroutine(attr):
             names.add(name)
     names.update(n for n, v in vars(instance).items() if not n.startswith("_") and callable(v))
     return sorted(names)
@@ -253,11 +253,11 @@ class ActorWrapper:
                                                         timeout=2 * timeout + 2.0)
             deliver_output(output, self.on_output)
         except GetTimeoutError:
-            waited = HookOutcome("timeout", time.perf_counter() - t0, f"the actor did not answer within {2 * timeout + 2.0:g} s")
-            stop = cleanup = waited
+            waited = f"the actor did not answer within {2 * timeout + 2.0:g} s"
+            stop = cleanup = HookOutcome("timeout", time.perf_counter() - t0, waited)
         except RayActorError as exc:
-            gone = HookOutcome("error", time.perf_counter() - t0, f"the actor died before cleanup: {_first_line(exc)}")
-            stop = cleanup = gone
+            gone = f"the actor died before cleanup: {_first_line(exc)}"
+            stop = cleanup = HookOutcome("error", time.perf_counter() - t0, gone)
         self.outcomes = (stop, cleanup)
         return stop, cleanup
 
@@ -308,10 +308,10 @@ class RayServiceHost(ServiceHost):
         self._sink = current_output()  # the dispatcher's threads carry the job's output
         names = ctx.services.names() if ctx.services is not None else [self.name]
         peers = {n: actor_name(self.job_tag, f"svc:{n}") for n in names}
-        actor = ServiceActor.options(name=peers.get(self.name) or actor_name(self.job_tag, f"svc:{self.name}"),
-                                     namespace=NAMESPACE).remote(
-            dumps((self.spec.cls, self.spec.args, self.spec.kwargs)), self.name, ctx.job_name,
-            ctx.env_name, peers)
+        payload = dumps((self.spec.cls, self.spec.args, self.spec.kwargs))
+        actor = ServiceActor.options(name=peers.get(self.name, actor_name(self.job_tag, f"svc:{self.name}")),
+                                     namespace=NAMESPACE).remote(payload, self.name, ctx.job_name,
+                                                                 ctx.env_name, peers)
         self.wrapper = ActorWrapper(actor, f"service {self.name!r}", self._sink)
         self.accepting = True
         try:
