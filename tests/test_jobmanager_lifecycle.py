@@ -209,3 +209,14 @@ def test_sigterm_stops_every_job_cleans_every_service_and_exits(tmp_path):
 
 def _service_children(daemon_pid: int) -> list[int]:
     return [p.pid for p in psutil.Process(daemon_pid).children() if p.name() == "sleep"]
+
+
+def test_sigint_shuts_down_like_sigterm(tmp_path):
+    daemon = start_daemon()
+    env, job = submit_unbounded(daemon, "interrupted", tmp_path / "c", autostop=True)
+    service_pids = _service_children(daemon.pid)
+    daemon.process.send_signal(signal.SIGINT)  # Ctrl-C in the daemon's terminal
+    assert daemon.process.wait(5) == 0 and daemon.stop() == 0
+    assert (tmp_path / "c").read_text() == "cleaned"
+    assert not [p for p in service_pids if psutil.pid_exists(p)]
+    env.job.close()

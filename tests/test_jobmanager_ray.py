@@ -27,11 +27,13 @@ class Marker(BaseService):
 
     def cleanup(self) -> None:
         Path(self.path).write_text(f"{self.calls} {os.getpid()}")
+        print("marker cleaned")
 
 
 class Bump(MapFunction):
     def execute(self, x):
-        self.call_service["marker"].bump()
+        if self.call_service["marker"].bump() == 1:
+            print("first bump")
         return x
 
 
@@ -50,7 +52,8 @@ def test_ray_job_on_the_daemon_leaves_no_actor_after_autostop_or_sigterm(ray_ses
     daemon = start_daemon(env={**os.environ, "RAY_ADDRESS": address})
     prefix = f"sage:{socket.gethostname().replace(':', '_')}:{daemon.pid}:"
     try:
-        env = RemoteEnvironment("ray-batch", port=daemon.port, token=daemon.token)
+        env = RemoteEnvironment("ray-batch", port=daemon.port, token=daemon.token,
+                                config={"forward_output": False})
         env.register_service("marker", Marker, str(tmp_path / "batch"))
         env.from_batch(range(10)).map(Bump).sink(lambda x: None)
         job = env.submit(autostop=True, backend="ray")
@@ -60,6 +63,8 @@ def test_ray_job_on_the_daemon_leaves_no_actor_after_autostop_or_sigterm(ray_ses
         calls, pid = (tmp_path / "batch").read_text().split()
         assert calls == "10" and int(pid) != daemon.pid  # cleanup() ran inside the service's actor
         assert sage_actors(prefix) and live(prefix) == []
+        # What the actors printed came back to the daemon and is kept with the job.
+        assert "first bump" in job.output() and "marker cleaned" in job.output()
 
         env = RemoteEnvironment("ray-stream", port=daemon.port, token=daemon.token)
         env.register_service("marker", Marker, str(tmp_path / "stream"))
