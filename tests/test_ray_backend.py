@@ -242,3 +242,18 @@ def test_a_slow_consumer_holds_the_source_back(no_thread_leak):
     assert produced - consumed() <= bound < total - 5000
     assert job.stop(timeout=60) is JobState.STOPPED  # stop with records still in flight
     assert live_actors(job) == []
+
+
+def test_without_autostop_task_actors_go_and_the_service_stays_until_stop(tmp_path, no_thread_leak):
+    log = tmp_path / "journal.jsonl"
+    env = LocalEnvironment("keep", backend="ray")
+    env.register_service("journal", Journal, str(log))
+    env.from_batch(range(5)).map(UseJournal).sink(FileSink, str(tmp_path))
+    job = env.submit(autostop=False)
+    assert job.wait(timeout=120) is JobState.RUNNING  # tasks done, services kept up
+    wait_for(lambda: [a["name"].split(":")[-2] for a in live_actors(job)] == ["svc"],
+             what="the task actor to go while the service stays")
+    assert journal(log) == []
+    assert job.stop(timeout=60) is JobState.STOPPED
+    assert [e["event"] for e in journal(log)] == ["stop", "cleanup"]
+    assert live_actors(job) == []

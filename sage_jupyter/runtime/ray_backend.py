@@ -307,6 +307,7 @@ class RayBackend(TaskBackend):
             with self._lock:
                 refs = list(self._refs)
             if not refs:
+                self._release()
                 return
             ready, _ = ray.wait(refs, num_returns=1, timeout=1.0)
             if not ready:
@@ -389,6 +390,17 @@ class RayBackend(TaskBackend):
                 self._all_ended.set()
         self._job.on_task_end(task.name, state, error)
 
+    def _release(self) -> None:
+        """Every task ended: their actors have nothing left to do, even when the job keeps
+        its services up (no autostop), so they go now; `join` confirms their death."""
+        with self._lock:
+            if self._killing:
+                return
+            self._killing = True
+            tasks = list(self.tasks)
+        for task in tasks:
+            kill_actor(task.actor)
+
     # ---- stopping ----------------------------------------------------------------------
 
     def request_stop(self) -> None:
@@ -419,7 +431,7 @@ class RayBackend(TaskBackend):
         with self._lock:
             self._killing = True
         for task in tasks:
-            kill_actor(task.actor)
+            kill_actor(task.actor)  # again if _release did: harmless, and covers a race with it
         left = set(wait_dead([t.actor_id for t in tasks], max(0.5, deadline - time.monotonic())))
         watcher = self._watcher
         if watcher is not None and watcher is not threading.current_thread():
