@@ -107,9 +107,9 @@ class Dispatcher:
 
     def _spawn(self, target: Callable[[], None], role: str) -> None:
         thread = spawn(target, f"sage:{self.name}:{role}", self._output, start=False)
-        with self._lock:
+        with self._lock:  # started under the lock: wait() never sees (and joins) an unstarted helper
             self._helpers.append(thread)
-        thread.start()
+            thread.start()
 
     def _start(self) -> None:
         for host in self.hosts.values():
