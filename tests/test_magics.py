@@ -152,7 +152,8 @@ def test_timeout_stops_the_job(ip, capsys):
     assert handle.state.value == "STOPPED"
     assert "job 'short' stopped after --timeout 0.3 s: STOPPED, services cleaned" in capsys.readouterr().out
     background = pipeline(ip, "bg --timeout 0.3", FOREVER_CELL)
-    assert background.wait(30).value == "STOPPED"
+    background.wait(30)  # no autostop: returns once the tasks ended, i.e. after the timeout
+    assert background.stop(wait=True, timeout=30).value == "STOPPED"  # and its cleanup
     job = JOBS.find("bg")
     job.widget.wait_final(5)
     assert "--timeout 0.3 s passed" in job.widget.output.text("stderr")

@@ -207,18 +207,21 @@ class SageMagics(Magics):
 
         widget = JobWidget(handle, output=output)
         JOBS.add(TrackedJob(name, handle, widget, cell_id))
-        widget.display()
-        widget.start()
         if args.var:  # before waiting: an interrupted cell still leaves the handle in VAR
             self.shell.user_ns[args.var] = handle
         if args.wait:
-            self._wait(name, handle, widget, args.timeout)
-        elif args.timeout is not None:
-            stop_after(handle, args.timeout, output, name)
+            self._show_and_wait(name, handle, widget, args.timeout)
+        else:
+            widget.display()
+            widget.start()
+            if args.timeout is not None:
+                stop_after(handle, args.timeout, output, name)
         return None if args.var else handle
 
-    def _wait(self, name: str, handle: Any, widget: JobWidget, timeout: float | None) -> None:
-        try:
+    def _show_and_wait(self, name: str, handle: Any, widget: JobWidget, timeout: float | None) -> None:
+        try:  # an interrupt at any point from here on stops the job
+            widget.display()
+            widget.start()
             handle.wait(timeout)
         except KeyboardInterrupt:
             _stop_quietly(handle, REPLACE_TIMEOUT)
