@@ -49,7 +49,7 @@ def sink_pids(directory, tag: str = "sink") -> set[int]:
 
 
 class Boom(MapFunction):
-    """Raises ZeroDivisionError on the record `at`."""
+    """Raises ZeroDivisionError on the record `at`, naming the process it ran in."""
 
     def __init__(self, at: int) -> None:
         super().__init__()
@@ -57,7 +57,7 @@ class Boom(MapFunction):
 
     def execute(self, data):
         if data == self.at:
-            return data / 0
+            raise ZeroDivisionError(f"record {data} in pid {os.getpid()}")
         return data
 
 

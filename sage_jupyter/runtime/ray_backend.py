@@ -274,16 +274,20 @@ class RayBackend(TaskBackend):
         services = {name: host.actor if isinstance(host, RayServiceHost) else None
                     for name, host in job.services.items()}
         handles: dict[int, list[Any]] = {}
+        made: dict[tuple[int, int], RayTask] = {}
         for chain in reversed(plan.chains):  # consumers first: producers get their handles
             outputs = [handles[edge.dst] for edge in chain.outputs]
-            handles[chain.id] = [
-                ChainActor.options(
+            handles[chain.id] = []
+            for index in range(chain.parallelism):
+                actor = ChainActor.options(
                     name=actor_name(job.job_id, f"task:{chain.id}:{index}"), namespace=NAMESPACE,
                 ).remote(payloads[(chain.id, index)], chain.task_name(index), chain.labels[0], index,
                          job.job_name, job.env_name, services, outputs)
-                for index in range(chain.parallelism)
-            ]
-        created = [RayTask(chain, i, handles[chain.id][i]) for chain, i in plan.instances()]
+                handles[chain.id].append(actor)
+                made[(chain.id, index)] = task = RayTask(chain, index, actor)
+                with self._lock:
+                    self.tasks.append(task)  # known to join() at once, should launch fail now
+        created = [made[(chain.id, i)] for chain, i in plan.instances()]
         with self._lock:
             self.tasks = created
             for task in created:
@@ -427,7 +431,8 @@ class RayBackend(TaskBackend):
             tasks = list(self.tasks)
         if not tasks:
             return []
-        self._all_ended.wait(timeout)
+        if all(t.run_ref is not None for t in tasks):  # else launch failed half way
+            self._all_ended.wait(timeout)
         with self._lock:
             self._killing = True
         for task in tasks:
