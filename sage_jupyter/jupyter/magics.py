@@ -132,7 +132,7 @@ class SageMagics(Magics):
         """Register the one BaseService subclass this cell defines, for later pipelines."""
         args = parse_argstring(self.sage_service, line)
         name = args.name.strip()
-        if not name.isidentifier() and not name.replace("-", "_").isidentifier():
+        if not name.replace("-", "_").isidentifier():
             raise UsageError(f"%%sage_service: {name!r} is not a usable service name (letters, digits, _ or -)")
         ns = self.shell.user_ns
         before = dict(ns)
