@@ -88,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--port {args.port}: use a port between 0 and 65535")
     if args.max_body_mb <= 0:
         parser.error("--max-body-mb must be > 0")
+    if args.announce_fd is not None:
+        try:
+            os.fstat(args.announce_fd)
+        except OSError:
+            parser.error(f"--announce-fd {args.announce_fd}: not an open file descriptor")
     token = resolve_token(args, parser)
     configure_logging(args.verbose, args.log_file)
     from .daemon import JobManager
