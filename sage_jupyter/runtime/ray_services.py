@@ -292,6 +292,7 @@ class RayServiceHost(ServiceHost):
         self._sink: OutputSink | None = None
         self._stats_ref: Any = None
         self._stats_at = 0.0
+        self._stats_lock = threading.Lock()
 
     @property
     def actor_id(self) -> str | None:
@@ -350,6 +351,8 @@ class RayServiceHost(ServiceHost):
         blocking: collect the last answer if it came, ask again now and then."""
         if self.state is not ServiceState.RUNNING or self.wrapper is None:
             return
+        if not self._stats_lock.acquire(blocking=False):
+            return  # another thread is reading them right now
         try:
             if self._stats_ref is not None:
                 ready, _ = ray.wait([self._stats_ref], timeout=0)
@@ -364,6 +367,8 @@ class RayServiceHost(ServiceHost):
                 self._stats_ref = self.wrapper.actor.stats.remote()
         except Exception:  # noqa: BLE001 - a status read must never fail the caller
             self._stats_ref = None
+        finally:
+            self._stats_lock.release()
 
     def stop_and_cleanup(self, policy: CleanupPolicy) -> ServiceCleanup:
         t0 = time.perf_counter()
@@ -384,7 +389,8 @@ class RayServiceHost(ServiceHost):
 
     def _collect_stats(self) -> None:
         """Take a pending stats answer (so its output is not lost) before cleanup."""
-        ref, self._stats_ref = self._stats_ref, None
+        with self._stats_lock:
+            ref, self._stats_ref = self._stats_ref, None
         if ref is None:
             return
         try:

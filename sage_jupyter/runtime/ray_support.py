@@ -57,7 +57,9 @@ def ensure_ray():
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
             else:
                 _start_local(ray)
-                _started_here = True
+                # Ray's default may instead join a cluster started by `ray start`.
+                node = getattr(ray._private.worker, "_global_node", None)
+                _started_here = bool(getattr(node, "head", True))
         _hook_exit()
     return ray
 
