@@ -1,4 +1,4 @@
-"""Small user functions and services shared by the tests (module-level so Ray can pickle them)."""
+"""Small user functions and services shared by the thread-backend tests."""
 
 from __future__ import annotations
 
