@@ -11,6 +11,7 @@ import time
 import zlib
 from typing import Any, Callable
 
+from .channels import END
 from .context import RuntimeContext
 from .graph import StageSpec
 from .plan import ChainSpec, EdgeSpec
@@ -186,6 +187,30 @@ class ChainRunner:
                 backoff = min(POLL_BACKOFF_MAX_S, backoff * 2 or 0.001)
                 wait_stop(backoff)
 
+    def run_to_end(self, get: Callable[[], Any] | None, routes: list[Callable[[list], None]],
+                   should_stop: Callable[[], bool], wait_stop: Callable[[float], Any]) -> bool:
+        """Run until this instance's input ends: the source is exhausted or stopped, or one
+        end marker came from every upstream instance. Then close every operator.
+
+        Returns True if a stop request ended it early. The caller forwards end markers.
+        """
+        send = fan_out(routes)
+        stopped = False
+        if self.chain.is_source:
+            stopped = not self.run_source(should_stop, wait_stop, send)
+        else:
+            ends, expected, process = 0, self.chain.ends_expected, self.process
+            while ends < expected:
+                batch = get()
+                if batch is END:
+                    ends += 1
+                    continue
+                out = process(batch)
+                if out:
+                    send(out)
+        self.close()
+        return stopped
+
     def close(self) -> None:
         """Close every operator in chain order; the first error is raised after all ran."""
         first: BaseException | None = None
@@ -205,6 +230,18 @@ class ChainRunner:
                 op.close()
             except BaseException:  # noqa: BLE001 - the job is already ending on an error
                 pass
+
+
+def fan_out(routes: list[Callable[[list], None]]) -> Callable[[list], None]:
+    """One send function over every output edge (none: the records are dropped)."""
+    if len(routes) == 1:
+        return routes[0]
+
+    def send(batch: list) -> None:
+        for route in routes:
+            route(batch)
+
+    return send
 
 
 def stable_hash(key: Any) -> int:

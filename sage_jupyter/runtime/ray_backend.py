@@ -155,29 +155,10 @@ class ChainActor:
                 "output": output}
 
     def _drive(self, chain: ChainSpec, runner: ChainRunner, routes: list) -> TaskState:
-        if len(routes) == 1:
-            send = routes[0]
-        else:
-            def send(batch: list) -> None:
-                for route in routes:
-                    route(batch)
-        stopped = False
-        if chain.is_source:
-            stop = self._stop
-            stopped = not runner.run_source(stop.is_set, stop.wait, send if routes else _drop)
-            if self.aborted:
-                raise Aborted()
-        else:
-            ends, expected, get, process = 0, chain.ends_expected, self._inbox.get, runner.process
-            while ends < expected:
-                batch = get()
-                if batch is END:
-                    ends += 1
-                    continue
-                out = process(batch)
-                if out and routes:
-                    send(out)
-        runner.close()
+        stop = self._stop
+        stopped = runner.run_to_end(self._inbox.get, routes, stop.is_set, stop.wait)
+        if self.aborted:
+            raise Aborted()
         for edge, links in zip(chain.outputs, self._links):
             for i in end_targets(edge, self._index, len(links)):
                 links[i].put(END)
@@ -217,10 +198,6 @@ class ChainActor:
         self.aborted = True
         self._stop.set()
         self._inbox.abort()
-
-
-def _drop(batch: list) -> None:
-    """Output of a chain with no consumer."""
 
 
 class RayTask:

@@ -8,17 +8,21 @@ the dispatcher and `call_service` do not care where a service lives.
 from __future__ import annotations
 
 import abc
+import contextlib
 import threading
 import time
 import traceback
 from typing import Any, Callable
 
-from .context import RuntimeContext, make_logger
+from .context import RuntimeContext
 from .errors import ServiceCallError
 from .graph import ServiceSpec
 from .job import ErrorInfo, HookOutcome, ServiceCleanup, ServiceState, ServiceStatus
 from .policy import CleanupPolicy
 from .threads import spawn
+
+
+_NO_LOCK = contextlib.nullcontext()
 
 
 def error_info(where: str, exc: BaseException) -> ErrorInfo:
@@ -128,24 +132,14 @@ class LocalServiceHost(ServiceHost):
             )
         host = self
         name = self.name
-        if getattr(self.instance, "concurrent_calls", False):
-            def call(*args: Any, **kwargs: Any) -> Any:
-                if not host.accepting:
-                    raise ServiceCallError(f"service {name!r} is {host.state.value}; it takes no more calls")
-                host.calls += 1
-                try:
-                    return bound(*args, **kwargs)
-                except Exception as exc:
-                    tag_service_error(exc, name, method)
-                    raise
-            return call
+        # One call at a time, like an actor, so service state needs no locks of its own;
+        # a service declaring `concurrent_calls = True` takes parallel calls.
+        lock = _NO_LOCK if getattr(self.instance, "concurrent_calls", False) else self._lock
 
-        lock = self._lock
-
-        def serialized(*args: Any, **kwargs: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
             if not host.accepting:
                 raise ServiceCallError(f"service {name!r} is {host.state.value}; it takes no more calls")
-            with lock:  # one call at a time, like an actor: service state needs no locks of its own
+            with lock:
                 host.calls += 1
                 try:
                     return bound(*args, **kwargs)
@@ -153,7 +147,7 @@ class LocalServiceHost(ServiceHost):
                     tag_service_error(exc, name, method)
                     raise
 
-        return serialized
+        return call
 
     def stop_and_cleanup(self, policy: CleanupPolicy) -> ServiceCleanup:
         t0 = time.perf_counter()

@@ -31,23 +31,10 @@ class ThreadTask:
         self.state = TaskState.RUNNING
         stop = self.job.stop_requested
         routes = [make_route(edge, self.index, [c.put for c in chans]) for edge, chans in self.outputs]
-        send = routes[0] if len(routes) == 1 else (lambda batch: [r(batch) for r in routes])
         try:
             self.runner.open()
-            stopped = False
-            if self.chain.is_source:
-                stopped = not self.runner.run_source(stop.is_set, stop.wait, send if routes else _drop)
-            else:
-                ends, expected, get, process = 0, self.chain.ends_expected, self.inbox.get, self.runner.process
-                while ends < expected:
-                    batch = get()
-                    if batch is END:
-                        ends += 1
-                        continue
-                    out = process(batch)
-                    if out and routes:
-                        send(out)
-            self.runner.close()
+            get = self.inbox.get if self.inbox is not None else None
+            stopped = self.runner.run_to_end(get, routes, stop.is_set, stop.wait)
             for edge, chans in self.outputs:
                 for i in end_targets(edge, self.index, len(chans)):
                     chans[i].put(END)
@@ -71,10 +58,6 @@ class ThreadTask:
             out.append(TaskStatus(f"{label}[{self.index}]", label, self.index, self.state,
                                   op.records_in if op else 0, op.records_out if op else 0, err))
         return out
-
-
-def _drop(batch: list) -> None:
-    """Output of a chain with no consumer (a stage nobody reads)."""
 
 
 class ThreadBackend(TaskBackend):
