@@ -58,8 +58,16 @@ class Total(SinkFunction):
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run a SAGE pipeline with services and autostop.")
     parser.add_argument("--backend", choices=["thread", "ray"], default="thread")
-    parser.add_argument("--n", type=int, default=100_000, help="records to send")
+    parser.add_argument("--n", type=int, default=100_000,
+                        help="records to send (each one calls the service: on Ray that is an actor call)")
     args = parser.parse_args()
+
+    if args.backend == "ray":  # start (or attach to) Ray first, so the timing below is the job's
+        from .runtime.ray_support import ensure_ray
+
+        t0 = time.perf_counter()
+        ensure_ray()
+        print(f"Ray ready in {time.perf_counter() - t0:.1f} s")
 
     env = LocalEnvironment("demo", backend=args.backend)
     env.register_service("word_cache", WordCache)
