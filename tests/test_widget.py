@@ -117,6 +117,7 @@ def test_stop_button_stops_a_running_job(no_thread_leak):
     assert handle.wait(30).value == "STOPPED"
     assert widget.wait_final(10)
     assert "STOPPED" in widget.html.value and handle.cleanup_report.ok
+    assert widget.stop_button.disabled and widget.stop_button.description == "Stop"  # not "Stopping"
 
 
 def test_failure_shows_a_clickable_traceback_and_the_cleanup(no_thread_leak):

@@ -160,7 +160,8 @@ class JobWidget:
                 with self.html.hold_sync():
                     self.html.value = body
                 self.updates += 1
-            if ended and not self.stop_button.disabled:
+            button = self.stop_button
+            if ended and (not button.disabled or button.description != "Stop"):  # also after "Stopping"
                 with self.stop_button.hold_sync():
                     self.stop_button.disabled = True
                     self.stop_button.description = "Stop"
