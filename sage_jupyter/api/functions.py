@@ -36,6 +36,18 @@ class _Servicing:
         self._logger = value
 
     @property
+    def name(self) -> str:
+        """This instance's name: set by the user, else the runtime's, else the class name."""
+        given = self.__dict__.get("_name")
+        if given is not None:
+            return given
+        return self.ctx.name if self.ctx is not None else type(self).__name__
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = value
+
+    @property
     def call_service(self):
         """`self.call_service["cache"].get(k)` or `self.call_service("cache", k, method="get")`."""
         ctx = self.ctx
@@ -46,7 +58,7 @@ class _Servicing:
             )
         return ctx.services
 
-    def call_service_async(self, name: str, *args: Any, method: str = "process", **kwargs: Any):
+    def call_service_async(self, name: str, *args: Any, method: str | None = "process", **kwargs: Any):
         """Like `call_service(...)` but returns a `concurrent.futures.Future` at once."""
         return self.call_service.call_async(name, *args, method=method, **kwargs)
 

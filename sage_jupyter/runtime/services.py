@@ -211,8 +211,9 @@ class ServiceCaller:
     def __contains__(self, name: str) -> bool:
         return name in self._hosts
 
-    def __call__(self, name: str, *args: Any, method: str = "process", timeout: float | None = None,
+    def __call__(self, name: str, *args: Any, method: str | None = "process", timeout: float | None = None,
                  **kwargs: Any) -> Any:
+        method = method or "process"  # upstream passes method=None for the default
         call = getattr(self[name], method)
         if timeout is None:
             return call(*args, **kwargs)
@@ -224,10 +225,10 @@ class ServiceCaller:
                 raise
             raise TimeoutError(f"service {name!r}.{method}() did not answer within {timeout:g} s") from exc
 
-    def call_async(self, name: str, *args: Any, method: str = "process", **kwargs: Any):
+    def call_async(self, name: str, *args: Any, method: str | None = "process", **kwargs: Any):
         """Run a service call on the job's call pool; returns a `concurrent.futures.Future`."""
         kwargs.pop("timeout", None)  # a Future has its own timeout in .result()
-        call = getattr(self[name], method)
+        call = getattr(self[name], method or "process")
         return self._executor_factory().submit(call, *args, **kwargs)
 
     def names(self) -> list[str]:
