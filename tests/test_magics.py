@@ -219,3 +219,25 @@ def test_unload_stops_jobs_and_unregisters_everything(no_thread_leak):
     assert "sage_status" not in shell.magics_manager.magics["line"]
     assert JOBS.all() == [] and SERVICES == {}
     shell.user_ns.pop("env", None)
+
+
+def test_jobs_submitted_without_the_magics_are_listed_and_stopped(ip, capsys):
+    ip.run_cell('''
+import time
+from sage_jupyter import LocalEnvironment, SourceFunction
+class Drip(SourceFunction):
+    def execute(self):
+        time.sleep(0.01)
+        return 1
+plain_env = LocalEnvironment("plain")
+plain_env.from_source(Drip).sink(lambda x: None)
+plain_job = plain_env.submit(block=False)
+''')
+    handle = ip.user_ns.pop("plain_job")
+    rows = {r["name"]: r for r in ip.run_line_magic("sage_status", "").rows}
+    assert rows["plain"]["state"] == "RUNNING"
+    assert [j["display_name"] for j in sidebar.handle_message({"action": "list"})["jobs"]] == ["plain"]
+    ip.run_line_magic("sage_stop", "plain")
+    assert handle.state.value == "STOPPED"
+    assert "job 'plain' stopped" in capsys.readouterr().out
+    ip.user_ns.pop("plain_env", None)

@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from . import routing, sidebar
-from .jobs import JOBS, SERVICES, stop_jobs
+from .jobs import JOBS, SERVICES, adopt_plain_jobs, stop_jobs
 from .magics import SageMagics
 
 log = logging.getLogger("sage_jupyter.jupyter")
@@ -49,6 +49,7 @@ def unload(shell: Any) -> None:
     state = _loaded.pop(id(shell), None)
     if state is None:
         return
+    adopt_plain_jobs()  # "every job": also those submitted without the magics
     jobs = JOBS.all()
     left = stop_jobs([j for j in jobs if not j.widget.snapshot.state.terminal], UNLOAD_TIMEOUT)
     if left:

@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..runtime.job import JobStatus
+from ..runtime import registry
+from ..runtime.job import JobHandle, JobStatus
 from . import templates
 from .widget import JobWidget
 
@@ -190,3 +191,13 @@ def track(handle: Any, name: str | None = None, display: bool = True,
         widget.display()
     widget.start()
     return widget
+
+
+def adopt_plain_jobs() -> None:
+    """List the running jobs this kernel submitted with the plain API (`env.submit(...)`
+    in a cell) beside the magics' ones, so `%sage_status`, `%sage_stop`, the sidebar and
+    unloading see every job. Adopted jobs get a widget, not displayed anywhere."""
+    known = {id(getattr(j.handle, "_dispatcher", None)) for j in JOBS.all()}
+    for dispatcher in registry.live_jobs():
+        if id(dispatcher) not in known and not dispatcher.state.terminal:
+            track(JobHandle(dispatcher), display=False)

@@ -32,7 +32,7 @@ from ..api.environment import BACKENDS, LocalEnvironment
 from ..api.service import BaseService
 from ..runtime.errors import PipelineError
 from . import templates
-from .jobs import JOBS, SERVICES, JobTable, ServiceDef, TrackedJob, stop_jobs
+from .jobs import JOBS, SERVICES, JobTable, ServiceDef, TrackedJob, adopt_plain_jobs, stop_jobs
 from .output import JobOutput
 from .widget import JobWidget
 
@@ -248,6 +248,7 @@ class SageMagics(Magics):
         """Table of this kernel's jobs."""
         if line.strip():
             raise UsageError(f"%sage_status takes no arguments, got {line.strip()!r}")
+        adopt_plain_jobs()
         return JobTable(JOBS.rows())
 
     @magic_arguments()
@@ -259,6 +260,7 @@ class SageMagics(Magics):
         args = parse_argstring(self.sage_stop, line)
         if args.all == (args.name is not None):
             raise UsageError("%sage_stop: give a job name or --all (not both)")
+        adopt_plain_jobs()
         if args.all:
             jobs = [j for j in JOBS.all() if not j.handle.state.terminal]
             if not jobs:

@@ -13,7 +13,7 @@ import logging
 import os
 from typing import Any
 
-from .jobs import JOBS, TrackedJob
+from .jobs import JOBS, TrackedJob, adopt_plain_jobs
 
 TARGET = "sage_jupyter"
 log = logging.getLogger("sage_jupyter.jupyter")
@@ -41,6 +41,7 @@ def handle_message(data: Any) -> dict[str, Any]:
     """Answer one message of the sidebar protocol."""
     if not isinstance(data, dict):
         return {"error": "expected a JSON object with an 'action'"}
+    adopt_plain_jobs()
     action = data.get("action")
     if action == "list":
         return jobs_payload()
