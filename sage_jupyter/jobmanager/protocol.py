@@ -14,12 +14,8 @@ import enum
 import functools
 import io
 import json
-import os
 import pickle
-import site
 import sys
-import sysconfig
-import types
 from dataclasses import Field, asdict, dataclass, fields, is_dataclass
 from typing import Any
 
@@ -27,6 +23,7 @@ import cloudpickle
 
 from ..runtime.graph import PipelineGraph, ServiceSpec
 from ..runtime.policy import CleanupPolicy
+from ..runtime.shipping import local_modules
 
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
@@ -212,7 +209,7 @@ def decode_submission(body: bytes) -> tuple[JobOptions, bytes]:
 def dump_pipeline(graph: PipelineGraph, services: list[ServiceSpec]) -> bytes:
     """cloudpickle the graph and services. Code from `__main__`, a notebook or a module
     that is not installed (a file next to the notebook) travels by value."""
-    modules = [m for m in _user_modules(graph, services) if _ships_by_value(m)]
+    modules = local_modules(graph, services)
     registered = []
     try:
         for module in modules:
@@ -262,34 +259,3 @@ def load_pipeline(payload: bytes) -> tuple[PipelineGraph, list[ServiceSpec]]:
         raise ProtocolError(400, "bad_payload", "the payload is not a sage_jupyter pipeline "
                             f"(got {type(data).__name__}); submit with RemoteEnvironment")
     return graph, services
-
-
-def _user_modules(graph: PipelineGraph, services: list[ServiceSpec]) -> list[types.ModuleType]:
-    objects: list[Any] = [s.user_object for s in graph.stages] + [s.cls for s in services]
-    names: set[str] = set()
-    for obj in objects:
-        classes = obj.__mro__ if isinstance(obj, type) else (obj, type(obj))
-        for c in classes:
-            name = getattr(c, "__module__", None)
-            if isinstance(name, str):
-                names.add(name)
-    return [sys.modules[n] for n in sorted(names) if n in sys.modules]
-
-
-def _installed_roots() -> tuple[str, ...]:
-    paths = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
-    paths.update(site.getsitepackages())
-    paths.add(site.getusersitepackages())
-    return tuple(os.path.realpath(p) + os.sep for p in paths if p)
-
-
-def _ships_by_value(module: types.ModuleType) -> bool:
-    """A module the daemon may not have: not `__main__` (cloudpickle ships that anyway),
-    not ours, not the standard library and not an installed package."""
-    name = module.__name__
-    if name == "__main__" or name.split(".")[0] in ("sage_jupyter", "builtins"):
-        return False
-    path = getattr(module, "__file__", None)
-    if not path:
-        return False
-    return not os.path.realpath(path).startswith(_installed_roots())

@@ -18,6 +18,7 @@ import time
 from typing import Any, Callable, Iterable
 
 from .graph import PipelineGraph, ServiceSpec
+from .shipping import local_modules
 
 # Every actor of sage_jupyter lives in this namespace, so another driver (the orphan
 # killer) can look it up by name.
@@ -135,6 +136,12 @@ def check_shippable(graph: PipelineGraph, services: Iterable[ServiceSpec]) -> No
     here, on the submitting thread: usually the main thread, where Ray wants to start.
     """
     ensure_ray()
+    services = list(services)
+    for module in local_modules(graph, services):  # Ray workers may not import these
+        try:
+            _pickler().register_pickle_by_value(module)
+        except ValueError:  # already registered
+            pass
     labels = graph.labels()
     for stage in graph.stages:
         for what, obj in (("function", stage.user_object), ("factory", stage.factory),
