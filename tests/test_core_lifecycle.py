@@ -201,3 +201,28 @@ def test_a_raising_constructor_is_named():
     env.from_batch([1]).map(Double).map(NoInit).sink(lambda x: None)
     with pytest.raises(PipelineError, match="stage 'map:NoInit' \\(instance 0\\).*model file missing"):
         env.submit(autostop=True)
+
+
+def test_stop_does_not_wait_forever_for_a_hanging_setup():
+    release = threading.Event()
+    events: list = []
+
+    class SlowSetup(Recorder):
+        def setup(self):
+            release.wait(10)
+
+    env = LocalEnvironment("slow-setup")
+    env.register_service("first", Recorder, events, "first")
+    env.register_service("slow", SlowSetup, events, "slow")
+    env.from_batch(range(10)).sink(lambda x: None)
+    job = env.submit(autostop=True, block=False,
+                     cleanup=CleanupPolicy(graceful_timeout=0.3, kill_timeout=0.3))
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    assert job.stop() is JobState.STOPPED
+    assert time.monotonic() - t0 < 5
+    assert ("first", "cleanup") in events
+    assert all(t.records_out == 0 for t in job.status().tasks)  # no task started after the stop
+    release.set()
+    time.sleep(0.1)  # the starter returns from setup() and must not launch anything
+    assert job.state is JobState.STOPPED and job.status().tasks == ()

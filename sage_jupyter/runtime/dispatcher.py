@@ -124,11 +124,15 @@ class Dispatcher:
                 self._finalize()
                 return
             self._publish()
-        if self._stop_requested.is_set() or self.error is not None:
+        with self._lock:
+            if self._finalizing:  # a stop gave up waiting for a slow setup() and cleaned up
+                return
+            ending = self._stop_requested.is_set() or self.error is not None
+            if not ending:
+                self._live_tasks = len(self.plan.instances())
+        if ending:
             self._finalize()
             return
-        instances = self.plan.instances()
-        self._live_tasks = len(instances)
         runtime = JobRuntime(self.job_id, self.name, self.env_name, self._context, self._task_ended,
                              self._stop_requested, self.hosts, self._output)
         try:
@@ -197,7 +201,8 @@ class Dispatcher:
         elif launched:
             self.backend.request_stop()
             self._watchdog(self.policy.graceful_timeout)
-        # else the starter thread sees the flag and finalizes
+        else:  # services are starting: the starter finalizes when it sees the flag, unless
+            self._watchdog(self.policy.graceful_timeout)  # a setup() hangs; then this does
 
     def _watchdog(self, graceful: float) -> None:
         """Escalate a stop that does not finish: abort after `graceful`, then give up on
