@@ -1,4 +1,5 @@
-"""Shared fixtures: one real Ray per test session, thread-leak checks."""
+"""Shared fixtures: one real Ray per test session, thread-leak checks, a JobManager daemon per
+module, an IPython shell with the extension loaded."""
 
 from __future__ import annotations
 
@@ -36,3 +37,26 @@ def no_thread_leak():
         time.sleep(0.01)
     left = sage_threads()
     assert not left, f"threads left running: {[t.name for t in left]}"
+
+
+@pytest.fixture(scope="module")
+def daemon():
+    """A real JobManager process on a free loopback port, one per test module."""
+    from sage_jupyter.jobmanager.launch import start_daemon
+
+    proc = start_daemon()
+    yield proc
+    assert proc.stop() == 0
+
+
+@pytest.fixture
+def ip(no_thread_leak):
+    """The IPython shell with `%load_ext sage_jupyter`, unloaded (every job stopped) after."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "sage_jupyter")
+    yield shell
+    shell.run_line_magic("unload_ext", "sage_jupyter")
+    for name in ("Cache", "results", "env", "h"):
+        shell.user_ns.pop(name, None)

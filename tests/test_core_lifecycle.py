@@ -13,7 +13,7 @@ import pytest
 from sage_jupyter import (CleanupPolicy, JobState, LocalEnvironment, MapFunction, PipelineError,
                           ServiceState, TaskState)
 from tests.conftest import sage_threads
-from tests.pipelines import Collector, Double, Numbers, Recorder, Ticks
+from tests.pipelines import Collector, Double, Recorder, Ticks
 
 pytestmark = pytest.mark.usefixtures("no_thread_leak")
 

@@ -15,14 +15,6 @@ import pytest
 from sage_jupyter import (BaseService, JobHandle, JobState, JobStatus, MapFunction, PipelineError, RemoteEnvironment,
                           SinkFunction, SourceFunction)
 from sage_jupyter.jobmanager import JobManagerError, RemoteJobHandle
-from sage_jupyter.jobmanager.launch import start_daemon
-
-
-@pytest.fixture(scope="module")
-def daemon():
-    proc = start_daemon()
-    yield proc
-    assert proc.stop() == 0
 
 
 def make_env(daemon, name: str, **config) -> RemoteEnvironment:

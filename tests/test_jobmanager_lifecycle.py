@@ -3,7 +3,6 @@ daemon's SIGTERM shutdown (every job stopped, every service cleaned, nothing lef
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -52,13 +51,6 @@ CLIENT = textwrap.dedent("""
     print(job.job_id, flush=True)
     time.sleep(600)
 """)
-
-
-@pytest.fixture(scope="module")
-def daemon():
-    proc = start_daemon()
-    yield proc
-    assert proc.stop() == 0
 
 
 def run_client_then_kill(daemon, tmp_path: Path, mode: str) -> str:

@@ -47,16 +47,6 @@ env.from_source(Forever).sink(lambda x: None)
 '''
 
 
-@pytest.fixture
-def ip(no_thread_leak):
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "sage_jupyter")
-    yield shell
-    shell.run_line_magic("unload_ext", "sage_jupyter")
-    for name in ("Cache", "results", "env", "h"):
-        shell.user_ns.pop(name, None)
-
-
 def pipeline(ip, line: str, cell: str = PIPELINE_CELL):
     return ip.run_cell_magic("sage_pipeline", line, cell)
 

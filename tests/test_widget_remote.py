@@ -6,10 +6,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
 
 from sage_jupyter import BaseService, MapFunction, RemoteEnvironment, SourceFunction
-from sage_jupyter.jobmanager.launch import start_daemon
 from sage_jupyter.jupyter import track
 from sage_jupyter.jupyter.jobs import JOBS
 
@@ -34,21 +32,6 @@ class Slowly(SourceFunction):
         time.sleep(0.02)
         self.n += 1
         return self.n
-
-
-@pytest.fixture(scope="module")
-def daemon():
-    proc = start_daemon()
-    yield proc
-    assert proc.stop() == 0
-
-
-@pytest.fixture
-def ip(no_thread_leak):
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "sage_jupyter")
-    yield shell
-    shell.run_line_magic("unload_ext", "sage_jupyter")
 
 
 def test_tracked_remote_job_is_shown_listed_and_stopped(daemon, ip, capsys):
