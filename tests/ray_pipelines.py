@@ -14,7 +14,7 @@ from pathlib import Path
 
 import ray.cloudpickle
 
-from sage_jupyter import BaseService, MapFunction, SinkFunction, SourceFunction
+from sage_jupyter import BaseService, MapFunction, SinkFunction
 from sage_jupyter.runtime import ray_support
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -66,19 +66,6 @@ class CallJournal(MapFunction):
 
     def execute(self, data):
         return self.call_service("journal", data, method="add", timeout=30)
-
-
-class Ticks(SourceFunction):
-    """Unbounded: counts up, one record every `period` seconds."""
-
-    def __init__(self, period: float = 0.002) -> None:
-        super().__init__()
-        self.period, self.i = period, 0
-
-    def execute(self):
-        time.sleep(self.period)
-        self.i += 1
-        return self.i
 
 
 class Journal(BaseService):

@@ -6,8 +6,9 @@ import os
 
 import pytest
 
-from ray_pipelines import (Boom, CallJournal, FileSink, Journal, Ticks, journal, live_actors, read_sinks,
+from ray_pipelines import (Boom, CallJournal, FileSink, Journal, journal, live_actors, read_sinks,
                            wait_for)
+from tests.pipelines import Ticks
 from sage_jupyter import JobState, LocalEnvironment, PipelineError
 from sage_jupyter.runtime.policy import CleanupPolicy
 
@@ -99,7 +100,7 @@ def test_stage_failure_raises_pipeline_error_naming_it(backend, tmp_path, no_thr
 
 def test_stop_ends_an_unbounded_source_and_drains(backend, tmp_path, no_thread_leak):
     env = LocalEnvironment("ticking", backend=backend)
-    env.from_source(Ticks).sink(FileSink, str(tmp_path))
+    env.from_source(Ticks, 0.002).sink(FileSink, str(tmp_path))
     job = env.submit(autostop=True, block=False, cleanup=CleanupPolicy(graceful_timeout=5.0))
     wait_for(lambda: job.status().records_out > 20, what="records to flow")
     assert job.stop(timeout=60) is JobState.STOPPED

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from sage_jupyter import (BaseService, JobHandle, JobState, JobStatus, MapFunction, PipelineError, RemoteEnvironment,
-                          SinkFunction, SourceFunction)
+                          SinkFunction)
 from sage_jupyter.jobmanager import JobManagerError, RemoteJobHandle
+from tests.pipelines import Ticks
 
 
 def make_env(daemon, name: str, **config) -> RemoteEnvironment:
@@ -51,19 +52,6 @@ class AppendTo(SinkFunction):
     def execute(self, x) -> None:
         with open(self.path, "a") as f:
             f.write(f"{x}\n")
-
-
-class Ticks(SourceFunction):
-    """Unbounded: one number every 10 ms until the job is stopped."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.n = 0
-
-    def execute(self):
-        time.sleep(0.01)
-        self.n += 1
-        return self.n
 
 
 class Logs(MapFunction):
@@ -134,7 +122,7 @@ def test_stop_ends_an_unbounded_remote_source_and_cleans(daemon, tmp_path):
     marker = tmp_path / "cleaned"
     env = make_env(daemon, "ticks")
     env.register_service("marker", Marker, str(marker))
-    env.from_source(Ticks).map(Bump).sink(lambda x: None)
+    env.from_source(Ticks, 0.01).map(Bump).sink(lambda x: None)
     job = env.submit(autostop=True, block=False)
     deadline = time.monotonic() + 30
     while job.status().records_in < 5 and time.monotonic() < deadline:
@@ -192,7 +180,7 @@ def test_job_without_autostop_keeps_services_until_stop(daemon, tmp_path):
 
 def test_wait_with_timeout_raises_and_job_is_still_stoppable(daemon):
     env = make_env(daemon, "timeout")
-    env.from_source(Ticks).sink(lambda x: None)
+    env.from_source(Ticks, 0.01).sink(lambda x: None)
     job = env.submit(autostop=True, block=False)
     with pytest.raises(TimeoutError, match="did not end within"):
         job.wait(timeout=0.3)

@@ -14,9 +14,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from sage_jupyter import BaseService, JobState, RemoteEnvironment, SourceFunction
+from sage_jupyter import BaseService, JobState, RemoteEnvironment
 from sage_jupyter.jobmanager import JobManagerConnectionError
 from sage_jupyter.jobmanager.launch import start_daemon
+from tests.pipelines import Ticks
 
 # The client process defines its classes in __main__, as a script or a notebook does.
 CLIENT = textwrap.dedent("""
@@ -88,15 +89,9 @@ def test_cancel_on_disconnect_job_is_stopped_when_its_client_dies(daemon, tmp_pa
     assert (tmp_path / "cleaned").read_text() == "cleaned"
 
 
-class Ticks(SourceFunction):
-    def execute(self):
-        time.sleep(0.01)
-        return 1
-
-
 def test_cancel_on_disconnect_job_lives_while_its_client_sends_heartbeats(daemon, no_thread_leak):
     env = RemoteEnvironment("alive", port=daemon.port, token=daemon.token, config={"heartbeat_timeout": 2.0})
-    env.from_source(Ticks).sink(lambda x: None)
+    env.from_source(Ticks, 0.01).sink(lambda x: None)
     job = env.submit(block=False, cancel_on_disconnect=True)
     time.sleep(5.0)  # two and a half heartbeat timeouts
     assert job.state is JobState.RUNNING
@@ -127,7 +122,7 @@ class ChildProcessService(BaseService):
 def submit_unbounded(daemon, name: str, marker: Path, **submit) -> tuple[RemoteEnvironment, object]:
     env = RemoteEnvironment(name, port=daemon.port, token=daemon.token, config={"forward_output": False})
     env.register_service("child", ChildProcessService, str(marker))
-    env.from_source(Ticks).sink(lambda x: None)
+    env.from_source(Ticks, 0.01).sink(lambda x: None)
     job = env.submit(block=False, **submit)
     deadline = time.monotonic() + 30
     while job.status().service("child").state.value != "running" and time.monotonic() < deadline:

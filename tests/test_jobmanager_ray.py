@@ -10,9 +10,10 @@ import socket
 import time
 from pathlib import Path
 
-from sage_jupyter import BaseService, JobState, MapFunction, RemoteEnvironment, SourceFunction
+from sage_jupyter import BaseService, JobState, MapFunction, RemoteEnvironment
 from sage_jupyter.jobmanager.launch import start_daemon
 from sage_jupyter.runtime.ray_support import sage_actors
+from tests.pipelines import Ticks
 
 
 class Marker(BaseService):
@@ -35,12 +36,6 @@ class Bump(MapFunction):
         if self.call_service["marker"].bump() == 1:
             print("first bump")
         return x
-
-
-class Ticks(SourceFunction):
-    def execute(self):
-        time.sleep(0.01)
-        return 1
 
 
 def live(prefix: str) -> list[dict]:
@@ -68,7 +63,7 @@ def test_ray_job_on_the_daemon_leaves_no_actor_after_autostop_or_sigterm(ray_ses
 
         env = RemoteEnvironment("ray-stream", port=daemon.port, token=daemon.token)
         env.register_service("marker", Marker, str(tmp_path / "stream"))
-        env.from_source(Ticks).map(Bump).sink(lambda x: None)
+        env.from_source(Ticks, 0.01).map(Bump).sink(lambda x: None)
         stream = env.submit(autostop=True, block=False, backend="ray")
         deadline = time.monotonic() + 60
         while stream.status().records_in < 5 and time.monotonic() < deadline:

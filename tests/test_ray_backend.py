@@ -11,8 +11,9 @@ import threading
 import pytest
 import ray
 
-from ray_pipelines import (BrokenSetup, FileSink, Journal, SlowSink, Stuck, Ticks, job_actors, journal,
+from ray_pipelines import (BrokenSetup, FileSink, Journal, SlowSink, Stuck, job_actors, journal,
                            live_actors, read_sinks, sink_pids, wait_for)
+from tests.pipelines import Ticks
 from sage_jupyter import JobState, LocalEnvironment, MapFunction, PipelineError
 from sage_jupyter.runtime import ray_support
 from sage_jupyter.runtime.policy import CleanupPolicy
@@ -118,7 +119,7 @@ def test_print_in_ray_stage_and_service_reaches_the_job_output(tmp_path, no_thre
 def test_actor_killed_from_outside_fails_the_job(tmp_path, no_thread_leak):
     env = LocalEnvironment("victim", backend="ray")
     env.register_service("journal", Journal, str(tmp_path / "j.jsonl"))
-    env.from_source(Ticks).sink(FileSink, str(tmp_path))
+    env.from_source(Ticks, 0.002).sink(FileSink, str(tmp_path))
     job = env.submit(autostop=True, block=False)
     wait_for(lambda: job.status().records_out > 10, what="records to flow")
     task_actor = next(a for a in job_actors(job) if ":task:" in a["name"])
@@ -183,7 +184,7 @@ def test_service_setup_failure_fails_the_job_and_kills_its_actor(tmp_path, no_th
 
 def test_stop_kills_a_stage_stuck_in_user_code(tmp_path, no_thread_leak):
     env = LocalEnvironment("stuck", backend="ray")
-    env.from_source(Ticks).map(Stuck).sink(FileSink, str(tmp_path))
+    env.from_source(Ticks, 0.002).map(Stuck).sink(FileSink, str(tmp_path))
     policy = CleanupPolicy(graceful_timeout=0.3, kill_timeout=0.5)
     job = env.submit(autostop=True, block=False, cleanup=policy)
     wait_for(lambda: job.status().records_out > 0 and len(job_actors(job)) == 1, what="the stage to start")
