@@ -166,7 +166,7 @@ def test_status_table_and_stop_all(ip, capsys):
     table = ip.run_line_magic("sage_status", "")
     rows = {r["name"]: r for r in table.rows}
     assert rows["one"]["state"] == "RUNNING" and rows["two"]["state"] == "FINISHED"
-    assert rows["two"]["records"] == "5 -> 5" and rows["two"]["services"] == "cache: cleaned"
+    assert rows["two"]["records in -> out"] == "5 -> 5" and rows["two"]["services"] == "cache: cleaned"
     assert "RUNNING" in table._repr_html_() and "records" in repr(table)
     capsys.readouterr()
     ip.run_line_magic("sage_stop", "--all")
