@@ -11,7 +11,7 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from sage_jupyter import JobHandle, PipelineError
 from sage_jupyter.jupyter import routing, sidebar
-from sage_jupyter.jupyter.jobs import JOBS, SERVICES
+from sage_jupyter.jupyter.jobs import JOBS, SERVICES, widget_of
 
 SERVICE_CELL = '''
 from sage_jupyter import BaseService
@@ -185,10 +185,15 @@ def test_stop_needs_a_known_name_or_all(ip, line, message):
 def test_sidebar_protocol_lists_and_stops(ip):
     handle = pipeline(ip, "side", FOREVER_CELL)
     listed = sidebar.handle_message({"action": "list"})
-    assert [j["display_name"] for j in listed["jobs"]] == ["side"]
-    assert listed["jobs"][0]["state"] == "RUNNING"
-    sidebar.handle_message({"action": "stop", "name": "side"})
+    assert [j["name"] for j in listed["jobs"]] == ["side"]
+    entry = listed["jobs"][0]
+    assert entry["state"] == "RUNNING" and entry["terminal"] is False
+    assert entry["records"].startswith("records in -> out: ")
+    sidebar.handle_message({"action": "stop", "job_id": entry["job_id"]})
     assert handle.wait(30).value == "STOPPED"
+    widget_of(handle).wait_final(10)
+    assert sidebar.handle_message({"action": "list"})["jobs"][0]["terminal"] is True
+    assert sidebar.handle_message({"action": "clear_finished"})["jobs"] == []
     assert "unknown action" in sidebar.handle_message({"action": "explode"})["error"]
     assert "no job 'ghost'" in sidebar.handle_message({"action": "stop", "name": "ghost"})["error"]
     assert "expected a JSON object" in sidebar.handle_message(["list"])["error"]
@@ -226,7 +231,7 @@ plain_job = plain_env.submit(block=False)
     handle = ip.user_ns.pop("plain_job")
     rows = {r["name"]: r for r in ip.run_line_magic("sage_status", "").rows}
     assert rows["plain"]["state"] == "RUNNING"
-    assert [j["display_name"] for j in sidebar.handle_message({"action": "list"})["jobs"]] == ["plain"]
+    assert [j["name"] for j in sidebar.handle_message({"action": "list"})["jobs"]] == ["plain"]
     ip.run_line_magic("sage_stop", "plain")
     assert handle.state.value == "STOPPED"
     assert "job 'plain' stopped" in capsys.readouterr().out
