@@ -15,6 +15,7 @@ from ..runtime.job import CleanupReport, ErrorInfo, JobStatus, ServiceStatus, Ta
 from .palette import background, badge_style
 
 MAX_TASK_ROWS = 40
+RECORDS = "records in -> out"  # records the sources produced -> records the sinks took
 
 _BOX = ("font-family:var(--jp-ui-font-family,sans-serif);font-size:12px;"
         "color:var(--jp-ui-font-color1,#212121);line-height:1.4")
@@ -105,6 +106,7 @@ def header_html(s: JobStatus) -> str:
     return (f'<div style="display:flex;gap:10px;align-items:center;margin-bottom:4px">'
             f'<b style="font-size:13px">{esc(s.name)}</b>{badge(s.state.value)}'
             f'<span>{duration(s.elapsed_s)}</span>'
+            f'<span>{RECORDS}: {s.records_out:,} -&gt; {s.records_in:,}</span>'
             f'<span style="color:var(--jp-ui-font-color2,#616161)">{esc(s.backend)} backend{autostop}{where}'
             f' &middot; {esc(s.job_id)}</span></div>')
 
@@ -229,7 +231,8 @@ def job_html(s: JobStatus, rates: Mapping[str, float] | None = None, note: str =
 def job_text(s: JobStatus) -> str:
     """Plain-text fallback of the job view."""
     lines = [f"Job {s.name!r} ({s.job_id}) {s.state.value} after {duration(s.elapsed_s)}, "
-             f"{s.backend} backend" + (", autostop" if s.autostop else "")]
+             f"{s.backend} backend" + (", autostop" if s.autostop else "")
+             + f", {RECORDS}: {s.records_out:,} -> {s.records_in:,}"]
     for t in s.tasks[:MAX_TASK_ROWS]:
         err = f"  error: {t.error.type}: {t.error.message}" if t.error else ""
         lines.append(f"  task {t.name}: {t.state.value}, in {t.records_in}, out {t.records_out}{err}")
@@ -255,7 +258,6 @@ def job_row(s: JobStatus, now: float | None = None) -> dict[str, str]:
             "job_id": s.job_id}
 
 
-RECORDS = "records in -> out"  # records the sources produced -> records the sinks took
 JOB_COLUMNS = ("name", "state", RECORDS, "services", "age")
 SERVICE_COLUMNS = ("name", "class", "kind")
 
