@@ -20,7 +20,7 @@ from .graph import ServiceSpec
 from .job import ErrorInfo, HookOutcome, ServiceCleanup, ServiceState, ServiceStatus
 from .policy import CleanupPolicy
 from .threads import spawn
-from .tracebacks import error_info  # noqa: F401 - re-exported: backends import it from here
+from .tracebacks import error_info as error_info  # re-exported: the backends import it from here
 
 
 _NO_LOCK = contextlib.nullcontext()
