@@ -153,8 +153,15 @@ def test_sidebar_comm_is_fed_by_pushes_and_answers_actions(kernel):
               "h.stop(wait=True, timeout=30)")
     stopped = _pushed_job(kernel, comm_id, "sided", lambda j: j["state"] == "STOPPED")
     assert stopped["terminal"] is True
+    # once every job of the kernel has ended nothing changes, and nothing is pushed
+    kernel.ok("from sage_jupyter.jupyter.jobs import JOBS, stop_jobs\nassert not stop_jobs(JOBS.all(), 30)")
+    deadline = time.monotonic() + 30
+    while not all(j["terminal"] for j in _comm_replies(kernel, comm_id, 1)[-1]["jobs"]):
+        assert time.monotonic() < deadline, "no push showed every job ended"
+        time.sleep(0.05)
+    time.sleep(0.5)
     pushes = len(_comm_replies(kernel, comm_id, 1))
-    time.sleep(1.5)  # nothing changes: nothing is pushed
+    time.sleep(1.5)
     assert len(_comm_replies(kernel, comm_id, 1)) == pushes
 
     # actions: stop by job id (through the handle), clear finished, unknown
