@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -9,6 +10,7 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
+import sage_jupyter
 from sage_jupyter import JobHandle, PipelineError
 from sage_jupyter.jupyter import routing, sidebar
 from sage_jupyter.jupyter.jobs import JOBS, SERVICES, widget_of
@@ -157,6 +159,9 @@ def test_failing_pipeline_under_wait_shows_the_stage_traceback(ip):
     assert lines[0].startswith("PipelineError: job 'broken' failed in stage 'map:bad'")
     assert "services cleaned" in lines[1]
     assert "Original traceback:" in lines and "KeyError: 'no such key'" in lines[-1]
+    shown = "\n".join(lines[lines.index("Original traceback:") + 1:])
+    frames = [line.strip() for line in shown.splitlines() if line.strip().startswith("File ")]
+    assert frames and "in bad" in frames[0] and f'File "{os.path.dirname(sage_jupyter.__file__)}' not in shown
 
 
 def test_status_table_and_stop_all(ip, capsys):
