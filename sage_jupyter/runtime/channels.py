@@ -21,7 +21,7 @@ class EndOfStream:
             cls._instance = super().__new__(cls)
         return cls._instance
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[EndOfStream], tuple[()]]:
         return (EndOfStream, ())
 
     def __repr__(self) -> str:

@@ -137,7 +137,7 @@ class Dispatcher:
                              self._stop_requested, self.hosts, self._output)
         try:
             self.backend.launch(self.plan, runtime)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001 - fails the job, then the cleanup path runs
             self._fail(error_info(f"{self.backend_name} backend launch", exc))
             self.backend.abort()
             self._finalize()
