@@ -308,5 +308,5 @@ class Dispatcher:
         for listener in listeners:
             try:
                 listener(snap)
-            except Exception:  # noqa: BLE001 - a view's bug must not break the job
+            except Exception:  # a view's bug must not break the job
                 log.exception("status listener failed")

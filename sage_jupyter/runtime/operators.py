@@ -111,7 +111,7 @@ class ChainRunner:
 
     def open(self) -> None:
         """Build every operator (user constructors run here, in the task's worker)."""
-        for stage, label in zip(self.chain.stages, self.chain.labels):
+        for stage, label in zip(self.chain.stages, self.chain.labels, strict=True):
             self._opening = label
             ctx = self._make_ctx(label, self.index, self.chain.parallelism)
             op = Operator(stage, label, self.index, ctx)
