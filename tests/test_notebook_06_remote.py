@@ -10,7 +10,10 @@ import re
 
 import nbformat
 import psutil
+import pytest
 from nbclient import NotebookClient
+
+pytestmark = pytest.mark.kernel
 
 NOTEBOOK = pathlib.Path(__file__).resolve().parent.parent / "notebooks" / "06_remote.ipynb"
 VIEW_MIME = "application/vnd.jupyter.widget-view+json"
