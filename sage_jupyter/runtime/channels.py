@@ -70,6 +70,3 @@ class Channel:
             self._aborted = True
             self._not_empty.notify_all()
             self._not_full.notify_all()
-
-    def __len__(self) -> int:
-        return len(self._items)

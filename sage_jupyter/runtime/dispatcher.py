@@ -168,8 +168,6 @@ class Dispatcher:
             if self.autostop or self._stop_requested.is_set() or self.error is not None:
                 self._finalize()
 
-    receive_node_stop_signal = _task_ended
-
     def _fail(self, error: ErrorInfo) -> None:
         with self._lock:
             first = self.error is None

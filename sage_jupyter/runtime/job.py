@@ -133,10 +133,6 @@ class ServiceCleanup:
     def ok(self) -> bool:
         return self.stop.ok and self.cleanup.ok and self.killed is not False
 
-    @property
-    def cleaned(self) -> bool:
-        return self.ok
-
     def describe(self) -> str:
         if self.ok:
             return "ok"
