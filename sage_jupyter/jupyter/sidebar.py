@@ -152,7 +152,7 @@ class SidebarFeed:
                 return
             try:
                 self._push()
-            except Exception:  # noqa: BLE001 - e.g. a comm gone at kernel shutdown
+            except Exception:  # e.g. a comm gone at kernel shutdown
                 log.debug("sidebar push failed", exc_info=True)
             self._closed.wait(1.0 / MAX_PUSHES_PER_S)  # the throttle
 
@@ -177,7 +177,7 @@ def open_comm(comm: Any, open_msg: dict[str, Any]) -> None:
     def on_msg(msg: dict[str, Any]) -> None:
         try:
             reply = handle_message(msg["content"]["data"])
-        except Exception as exc:  # noqa: BLE001 - the sidebar gets the reason, the kernel lives on
+        except Exception as exc:  # the sidebar gets the reason, the kernel lives on
             log.exception("sidebar message failed")
             reply = {"error": f"{type(exc).__name__}: {exc}", **jobs_payload()}
         FEED.send(comm, reply)
