@@ -28,7 +28,7 @@ log = logging.getLogger("sage_jupyter.jobmanager.client")
 
 DEFAULT_TIMEOUT_S = 10.0  # for one request, on top of any long-poll wait it asks for
 LONG_POLL_S = 5.0  # the longest single wait; wait() repeats them
-STALE_AFTER_S = 20.0  # reconnect rather than reuse a connection idle this long
+STALE_AFTER_S = 15.0  # reconnect rather than reuse a connection idle this long (the daemon closes at 20 s)
 OutputSink = Callable[[str, str], None]
 
 

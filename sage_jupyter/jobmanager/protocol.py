@@ -13,8 +13,10 @@ import binascii
 import enum
 import functools
 import io
+import ipaddress
 import json
 import pickle
+import socket
 import sys
 from dataclasses import Field, asdict, dataclass, fields, is_dataclass
 from typing import Any
@@ -32,9 +34,10 @@ DEFAULT_PORT = 19001
 DEFAULT_MAX_BODY_BYTES = 32 * 2**20  # a pipeline is kilobytes; data belongs in its sources
 TOKEN_ENV = "SAGE_JOBMANAGER_TOKEN"
 BACKENDS = ("thread", "ray")
-LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 LONG_POLL_MAX_S = 30.0  # the daemon caps every long-poll, so no request waits forever
 DEFAULT_HEARTBEAT_TIMEOUT_S = 5.0
+DEFAULT_MAX_CONNECTIONS = 256  # the daemon's connection table
+DEFAULT_IDLE_TIMEOUT_S = 20.0  # idle connections, slow headers and slow bodies are closed after this
 
 
 class ProtocolError(Exception):
@@ -51,7 +54,17 @@ class ProtocolError(Exception):
 
 
 def is_loopback(host: str) -> bool:
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
+    """True if every address `host` resolves to is a loopback address (a name such as
+    "127.evil.example.com" is judged by what it resolves to, not by how it looks)."""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return False  # cannot tell: treat it as reachable from elsewhere
+    addresses = {info[4][0] for info in infos}
+    try:
+        return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+    except ValueError:
+        return False
 
 
 def auth_header(token: str | None) -> dict[str, str]:
@@ -177,6 +190,8 @@ def decode_submission(body: bytes) -> tuple[JobOptions, bytes]:
         envelope = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(400, "malformed_body", f"body is not valid JSON (truncated?): {exc}") from None
+    except RecursionError:
+        raise ProtocolError(400, "malformed_body", "body nests JSON arrays or objects too deeply") from None
     if not isinstance(envelope, dict):
         raise ProtocolError(400, "malformed_body", "body must be a JSON object")
     missing = [k for k in ("protocol", "client", "options", "pipeline") if k not in envelope]
