@@ -23,6 +23,7 @@ import time
 from typing import Any, Callable
 
 from tornado import httputil
+from tornado.http1connection import HTTP1ServerConnection
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
 from tornado.iostream import IOStream
@@ -67,8 +68,7 @@ class BoundedHTTPServer(HTTPServer):
 
     max_connections = DEFAULT_MAX_CONNECTIONS
 
-    def initialize(self, *args: Any, max_connections: int = DEFAULT_MAX_CONNECTIONS,  # type: ignore[override]
-                   **kwargs: Any) -> None:
+    def initialize(self, *args: Any, max_connections: int = DEFAULT_MAX_CONNECTIONS, **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)
         self.max_connections = max_connections
         self._open: set[IOStream] = set()
@@ -153,18 +153,26 @@ class BoundedHTTPServer(HTTPServer):
 
     def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection
                       ) -> httputil.HTTPMessageDelegate:
-        stream: IOStream = getattr(server_conn, "stream")
+        stream = _stream_of(server_conn)
         if stream in self._open:  # waiting for its next request's headers
             self._waiting[stream] = time.monotonic()
             self._waiting.move_to_end(stream)
-        return _RequestTracker(super().start_request(server_conn, request_conn),
-                               lambda: self._waiting.pop(stream, None))
+
+        def busy() -> None:  # its headers are in: no longer a candidate to make room
+            self._waiting.pop(stream, None)
+
+        return _RequestTracker(super().start_request(server_conn, request_conn), busy)
 
     def on_close(self, server_conn: object) -> None:
-        stream: IOStream = getattr(server_conn, "stream")
+        stream = _stream_of(server_conn)
         self._open.discard(stream)
         self._waiting.pop(stream, None)
         super().on_close(server_conn)
+
+
+def _stream_of(server_conn: object) -> IOStream:
+    assert isinstance(server_conn, HTTP1ServerConnection)  # what HTTPServer hands its delegate
+    return server_conn.stream
 
 
 async def _refuse(stream: IOStream, limit: int) -> None:
@@ -181,7 +189,7 @@ async def _refuse(stream: IOStream, limit: int) -> None:
             sock.shutdown(socket.SHUT_WR)  # the client reads the 503, then EOF
         # Closing with unread request bytes would reset the connection before the client read the reply.
         await asyncio.wait_for(stream.read_until_close(), REFUSAL_DRAIN_S)
-    except Exception:  # noqa: BLE001 - the client went away or kept sending: it is closed either way
+    except Exception:
         pass
     finally:
         stream.close()

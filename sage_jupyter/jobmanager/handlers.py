@@ -10,12 +10,12 @@ import logging
 import os
 import re
 import time
-from typing import Any
+from typing import Any, Callable
 
 import tornado.web
 
 from . import protocol
-from .manager import WAIT_CONDITIONS, JobManager
+from .manager import WAIT_CONDITIONS, JobManager, JobRecord
 from .output import PAGE_CHARS
 from .protocol import API_PREFIX, ProtocolError
 
@@ -186,22 +186,35 @@ class JobHandler(ApiHandler):
         self.no_body()
         wait = self.number("wait", 0.0, 0.0, 3600.0)
         after = self.number("after", -1, -1, 2**62, int)
+        output_since = self.number("output_since", -1, -1, 2**62, int)
         until = self.get_query_argument("until", "change")
         if until not in WAIT_CONDITIONS:
             raise ProtocolError(400, "bad_request", f"query parameter 'until' must be one of "
                                 f"{', '.join(WAIT_CONDITIONS)}, got {until!r:.40}")
         if job_id not in self.manager.jobs:  # an ended job known from the history: it changes no more
-            self.reply(self.manager.status_reply(job_id))
+            past = dict(self.manager.status_reply(job_id))
+            if output_since >= 0:
+                past["output"] = {"chunks": [], "next": output_since, "more": False, "missed": 0,
+                                  "dropped_chars": 0, "done": True, "state": past["status"]["state"]}
+            self.reply(past)
             return
         rec = self.manager.record(job_id)
-        ready = {
+        condition: Callable[[], bool] = {
             "change": lambda: rec.version > after or rec.dispatcher.state.terminal,
             "settled": rec.settled,
             "terminal": lambda: rec.dispatcher.state.terminal,
         }[until]
+
+        def ready() -> bool:
+            return condition() or (output_since >= 0 and rec.output.next_seq > output_since)
+
         if wait > 0:
             await self.manager.wait_for(rec, ready, wait)
-        self.reply(rec.status_reply())
+        page = output_page(rec, output_since) if output_since >= 0 else None
+        reply = rec.status_reply()
+        if page is not None:
+            reply["output"] = page
+        self.reply(reply)
 
 
 class StopHandler(ApiHandler):
@@ -236,12 +249,18 @@ class OutputHandler(ApiHandler):
 
         if wait > 0:
             await self.manager.wait_for(rec, ready, wait)
-        terminal = rec.dispatcher.state.terminal  # read first: text written before the end is included
-        chunks, next_seq, missed = out.since(since, PAGE_CHARS)
-        more = next_seq < out.next_seq
-        self.reply({"chunks": [list(c) for c in chunks], "next": next_seq, "more": more, "missed": missed,
-                    "dropped_chars": out.dropped_chars, "done": terminal and not more,
-                    "state": rec.dispatcher.state.value})
+        self.reply(output_page(rec, since))
+
+
+def output_page(rec: JobRecord, since: int) -> dict[str, Any]:
+    """One page (at most PAGE_CHARS) of a job's output from `since`: a reply that stays small,
+    so serving a chatty job's whole output never holds up the other requests."""
+    out = rec.output
+    terminal = rec.dispatcher.state.terminal  # read first: text written before the end is included
+    chunks, next_seq, missed = out.since(since, PAGE_CHARS)
+    more = next_seq < out.next_seq
+    return {"chunks": [list(c) for c in chunks], "next": next_seq, "more": more, "missed": missed,
+            "dropped_chars": out.dropped_chars, "done": terminal and not more, "state": rec.dispatcher.state.value}
 
 
 class UnknownEndpointHandler(ApiHandler):

@@ -23,7 +23,7 @@ _ANNOUNCE = re.compile(r"listening on (\S+):(\d+) \(pid (\d+)\)")
 class DaemonProcess:
     """A running `sage-jobmanager` child process."""
 
-    def __init__(self, process: subprocess.Popen, host: str, port: int, token: str | None,
+    def __init__(self, process: subprocess.Popen[bytes], host: str, port: int, token: str | None,
                  state_dir: str, owns_state_dir: bool = False) -> None:
         self.process = process
         self.host = host

@@ -53,7 +53,7 @@ class JobRecord:
     """One submitted job on the daemon: its dispatcher, options, output and watchers."""
 
     def __init__(self, dispatcher: Dispatcher, options: JobOptions, output: OutputBuffer,
-                 notify: Callable[["JobRecord"], None], history: JobHistory) -> None:
+                 notify: Callable[[JobRecord], None], history: JobHistory) -> None:
         self.dispatcher = dispatcher
         self.options = options
         self.version = 0  # bumped on every status change the dispatcher publishes
@@ -76,7 +76,7 @@ class JobRecord:
             self._stored_state = snapshot.state
             try:
                 self._history.save(snapshot, self.options)
-            except Exception:  # noqa: BLE001 - a full disk must not break the running job
+            except Exception:
                 log.exception("job %s: could not write the job history", self.job_id)
         self._notify(self)
 
@@ -171,7 +171,7 @@ class JobManager:
         except ImportError as exc:
             raise ProtocolError(400, "backend_unavailable", f"backend {options.backend!r} is not available on "
                                 f"this JobManager: {type(exc).__name__}: {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - a graph the planner refuses
+        except Exception as exc:
             raise ProtocolError(400, "bad_pipeline", f"the pipeline cannot run: {type(exc).__name__}: {exc}") from None
         return dispatcher, output
 

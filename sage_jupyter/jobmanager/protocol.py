@@ -60,7 +60,7 @@ def is_loopback(host: str) -> bool:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except (OSError, UnicodeError):
         return False  # cannot tell: treat it as reachable from elsewhere
-    addresses = {info[4][0] for info in infos}
+    addresses = {str(info[4][0]) for info in infos}
     try:
         return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
     except ValueError:
@@ -96,7 +96,7 @@ def to_wire(value: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=None)
-def _fields(cls: type) -> tuple[Field, ...]:
+def _fields(cls: type) -> tuple[Field[Any], ...]:
     return fields(cls)
 
 
@@ -234,7 +234,8 @@ def dump_pipeline(graph: PipelineGraph, services: list[ServiceSpec]) -> bytes:
             except ValueError:  # already registered by the user
                 pass
         try:
-            return cloudpickle.dumps({"graph": graph, "services": services}, protocol=pickle.HIGHEST_PROTOCOL)
+            data: bytes = cloudpickle.dumps({"graph": graph, "services": services}, protocol=pickle.HIGHEST_PROTOCOL)
+            return data
         except Exception as exc:
             raise TypeError(f"cannot ship the pipeline to the JobManager: {_culprit(graph, services)}"
                             f"{type(exc).__name__}: {exc}") from exc
