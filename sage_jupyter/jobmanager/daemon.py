@@ -201,6 +201,7 @@ async def serve(manager: JobManager, host: str, port: int, announce: Callable[[s
     """Serve until SIGTERM/SIGINT, then stop every job and return."""
     aio = asyncio.get_running_loop()
     manager.attach_loop(aio)
+    manager.max_connections = max_connections
     shutdown = asyncio.Event()
     sockets = bind_sockets(port, address=host)
     # Tornado's own body limit is off (ours is checked by the handlers, as chunks arrive), so
