@@ -102,7 +102,9 @@ class JobHistory:
                 "INSERT INTO jobs (job_id, name, options, state, created_at, ended_at, status) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET "
                 "state = excluded.state, ended_at = excluded.ended_at, status = excluded.status", row)
-            self._db.execute("DELETE FROM jobs WHERE seq <= (SELECT MAX(seq) FROM jobs) - ?", (KEEP_JOBS,))
+            # seq numbers have gaps (an upsert may use one up): count rows, not numbers
+            self._db.execute("DELETE FROM jobs WHERE seq < (SELECT MIN(seq) FROM "
+                             "(SELECT seq FROM jobs ORDER BY seq DESC LIMIT ?))", (KEEP_JOBS,))
             self._past[snapshot.job_id] = _reply(status, options.to_dict())
             self._past.move_to_end(snapshot.job_id)
             while len(self._past) > KEEP_JOBS:
