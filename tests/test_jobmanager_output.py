@@ -50,7 +50,7 @@ def test_reads_come_in_pages_and_count_what_was_dropped_unread():
     page, after, missed = buffer.since(0)
     assert sum(len(t) for _, _, t in page) <= PAGE_CHARS and after < buffer.next_seq and missed == 0
     assert page[0][2].startswith("0000")
-    for i in range(2000):  # 2 MB more: the first chunks are gone
+    for _ in range(2000):  # 2 MB more: the first chunks are gone
         buffer.write("stderr", "z" * (LINE - 1) + "\n")
     page, after, missed = buffer.since(0)
     assert missed > 0 and page[0][0] == missed and page[0][1] == "stderr"

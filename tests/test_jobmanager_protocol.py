@@ -246,7 +246,8 @@ def test_status_on_the_wire_is_exactly_job_status_to_dict():
 def test_a_port_in_use_is_a_clear_startup_error(daemon, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "SAGE_JOBMANAGER_TOKEN"}
     done = subprocess.run([sys.executable, "-m", "sage_jupyter.jobmanager", "--port", str(daemon.port),
-                           "--token", "t", "--state-dir", str(tmp_path)], env=env, capture_output=True, text=True, timeout=60)
+                           "--token", "t", "--state-dir", str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and f"cannot listen on 127.0.0.1:{daemon.port}" in done.stderr
     assert still_serving(daemon)
 

@@ -10,9 +10,9 @@ import dataclasses
 import os
 from typing import Any, Callable
 
+from ..jobmanager.protocol import DEFAULT_HEARTBEAT_TIMEOUT_S, DEFAULT_PORT, TOKEN_ENV, JobOptions, encode_submission
 from ..jobmanager.remote_handle import RemoteJobHandle
 from ..jobmanager.transport import JobManagerClient, default_output
-from ..jobmanager.protocol import DEFAULT_HEARTBEAT_TIMEOUT_S, DEFAULT_PORT, TOKEN_ENV, JobOptions, encode_submission
 from ..runtime.graph import ServiceSpec
 from ..runtime.job import JobStatus, status_from_dict
 from ..runtime.policy import CleanupPolicy

@@ -9,8 +9,14 @@ import os
 import sys
 from typing import Callable
 
-from .protocol import (DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_PORT,
-                       TOKEN_ENV, is_loopback)
+from .protocol import (
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_PORT,
+    TOKEN_ENV,
+    is_loopback,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -78,7 +78,8 @@ class ApiHandler(tornado.web.RequestHandler):
         self.manager.check_token(self.request.headers.get("Authorization"))
         length = self.request.headers.get("Content-Length")
         if length is not None and not re.fullmatch(r"[0-9]{1,18}", length.strip()):
-            raise ProtocolError(400, "bad_request", f"Content-Length must be a whole number of bytes, got {length!r:.40}")
+            raise ProtocolError(400, "bad_request",
+                                f"Content-Length must be a whole number of bytes, got {length!r:.40}")
         if length is not None and int(length) > self.manager.max_body_bytes:
             raise ProtocolError(413, "too_large", f"request body of {int(length)} bytes exceeds the limit of "
                                 f"{self.manager.max_body_bytes} bytes")
@@ -142,9 +143,11 @@ class ApiHandler(tornado.web.RequestHandler):
         try:
             value = kind(raw)
         except ValueError:
-            raise ProtocolError(400, "bad_request", f"query parameter {name!r} must be a number, got {raw!r:.40}") from None
+            raise ProtocolError(400, "bad_request",
+                                f"query parameter {name!r} must be a number, got {raw!r:.40}") from None
         if not lo <= value <= hi:
-            raise ProtocolError(400, "bad_request", f"query parameter {name!r} must be in [{lo}, {hi}], got {raw!r:.40}")
+            raise ProtocolError(400, "bad_request",
+                                f"query parameter {name!r} must be in [{lo}, {hi}], got {raw!r:.40}")
         return value
 
     def no_body(self) -> None:

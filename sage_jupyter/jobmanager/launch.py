@@ -57,10 +57,13 @@ class DaemonProcess:
         return code
 
     def kill(self) -> int:
-        """SIGKILL: no cleanup at all (to test what clients see when a daemon dies)."""
+        """SIGKILL: no cleanup at all (to test what clients see when a daemon dies). A state
+        directory given by the caller keeps the history for a restart; a temporary one goes."""
         if self.process.poll() is None:
             self.process.kill()
-        return self.process.wait()
+        code = self.process.wait()
+        self._remove_state_dir()
+        return code
 
     def _remove_state_dir(self) -> None:
         if self._owns_state_dir:
