@@ -57,6 +57,7 @@ class JobHistory:
 
     def __init__(self, state_dir: str | os.PathLike[str] | None) -> None:
         self._lock = threading.Lock()
+        self._closed = False
         self._lockfile: IO[str] | None = None
         self.path: Path | None = None
         if state_dir is None:
@@ -98,6 +99,8 @@ class JobHistory:
         row = (snapshot.job_id, snapshot.name, json.dumps(options.to_dict()), snapshot.state.value,
                snapshot.created_at, snapshot.ended_at, json.dumps(status))
         with self._lock:
+            if self._closed:  # a status published after shutdown closed the history
+                return
             self._db.execute(
                 "INSERT INTO jobs (job_id, name, options, state, created_at, ended_at, status) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET "
@@ -122,6 +125,7 @@ class JobHistory:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._db.close()
         if self._lockfile is not None:
             self._lockfile.close()  # releases the lock

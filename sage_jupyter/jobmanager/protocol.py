@@ -4,6 +4,9 @@ Every request carries `Authorization: token <T>` and is authenticated before its
 read. Paths start with `/api/v1/`; errors are JSON `{"error": {"code", "message", "status"}}`.
 A submission is a JSON envelope: validated options (plain JSON) plus a base64 cloudpickle
 of the pipeline graph and its services, unpickled only after every other check passed.
+A job's output is read in pages (`GET /jobs/ID/output?since=N`, or along with its status:
+`GET /jobs/ID?output_since=N`); a page says whether more follows (`more`) and how many
+chunks the daemon dropped before they were read (`missed`). `/info` announces the body limit.
 """
 
 from __future__ import annotations
