@@ -31,7 +31,7 @@ from .transport import (
 log = logging.getLogger("sage_jupyter.jobmanager.client")
 
 POLL_WAIT_S = 1.0  # one long-poll of the poller
-FRESH_FOR_S = 1.0  # status() answers from the poller's last snapshot while it is this recent
+FRESH_FOR_S = 0.5  # status() answers from the poller's last snapshot while this recent (counts move meanwhile)
 
 _cancel_at_exit: weakref.WeakSet[RemoteJobHandle] = weakref.WeakSet()
 _exit_hooked = False
