@@ -51,7 +51,7 @@ class RemoteEnvironment(BaseEnvironment):
         return self._client.address
 
     def submit(self, autostop: bool = False, block: bool | None = None,
-               cleanup: CleanupPolicy | dict[str, float] | None = None, backend: str = "thread",
+               cleanup: CleanupPolicy | dict[str, Any] | None = None, backend: str = "thread",
                cancel_on_disconnect: bool = False) -> RemoteJobHandle:
         """Ship the pipeline to the JobManager and start it there.
 

@@ -189,7 +189,7 @@ async def _refuse(stream: IOStream, limit: int) -> None:
             sock.shutdown(socket.SHUT_WR)  # the client reads the 503, then EOF
         # Closing with unread request bytes would reset the connection before the client read the reply.
         await asyncio.wait_for(stream.read_until_close(), REFUSAL_DRAIN_S)
-    except Exception:
+    except Exception:  # noqa: BLE001 - the client went away or kept sending: it is closed either way
         pass
     finally:
         stream.close()

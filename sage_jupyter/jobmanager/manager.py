@@ -171,7 +171,7 @@ class JobManager:
         except ImportError as exc:
             raise ProtocolError(400, "backend_unavailable", f"backend {options.backend!r} is not available on "
                                 f"this JobManager: {type(exc).__name__}: {exc}") from None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a graph the planner refuses
             raise ProtocolError(400, "bad_pipeline", f"the pipeline cannot run: {type(exc).__name__}: {exc}") from None
         return dispatcher, output
 

@@ -228,7 +228,7 @@ class JobManagerClient:
     def __del__(self) -> None:
         try:
             self.close()
-        except Exception:
+        except Exception:  # noqa: BLE001 - interpreter teardown
             pass
 
     def __repr__(self) -> str:
