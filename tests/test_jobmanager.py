@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+import sage_jupyter
 from sage_jupyter import (BaseService, JobHandle, JobState, JobStatus, MapFunction, PipelineError, RemoteEnvironment,
                           SinkFunction)
 from sage_jupyter.jobmanager import JobManagerError, RemoteJobHandle
+from sage_jupyter.runtime.job import TaskState
 from tests.pipelines import Ticks
 
 
@@ -113,6 +115,10 @@ def test_failure_in_a_remote_stage_raises_pipeline_error_naming_it(daemon, tmp_p
     err = info.value
     assert "map:Boom" in err.stage and "bad record 3" in str(err)
     assert "ValueError: bad record 3" in err.traceback and "in execute" in err.traceback  # remote traceback
+    # the protocol carries both texts: the user's frames, and every frame of the daemon's runtime
+    package = f'File "{os.path.dirname(sage_jupyter.__file__)}'
+    assert package not in err.traceback and package in err.error.full_traceback
+    assert [t.stage for t in env.job.status().tasks if t.state is TaskState.FAILED] == ["map:Boom"]
     assert env.job.state is JobState.FAILED
     assert marker.exists() and env.job.cleanup_report.reason == "failed"  # still cleaned on failure
     env.close()

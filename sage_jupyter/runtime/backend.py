@@ -27,6 +27,14 @@ class JobRuntime:
     output: "Callable[[str, str], None] | None" = None  # (stream, text) from workers
 
 
+def operator_state(task_state: TaskState, failing: str | None, label: str) -> TaskState:
+    """The state of one operator of a chained task: only the operator that raised is FAILED;
+    the others of its chain were stopped by that failure."""
+    if task_state is TaskState.FAILED and failing is not None and label != failing:
+        return TaskState.STOPPED
+    return task_state
+
+
 class TaskBackend(abc.ABC):
     name = "abstract"
 

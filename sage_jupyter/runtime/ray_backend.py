@@ -18,7 +18,7 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError
 
-from .backend import JobRuntime, TaskBackend
+from .backend import JobRuntime, TaskBackend, operator_state
 from .channels import END, Aborted, Channel
 from .context import RuntimeContext, make_logger
 from .job import ErrorInfo, TaskState, TaskStatus
@@ -222,7 +222,8 @@ class RayTask:
         for label in self.chain.labels:
             rin, rout = self.counters.get(label, (0, 0))
             err = self.error if self.error is not None and self.failing in (label, None) else None
-            out.append(TaskStatus(f"{label}[{self.index}]", label, self.index, self.state, rin, rout,
+            state = operator_state(self.state, self.failing, label)  # only the raising operator FAILED
+            out.append(TaskStatus(f"{label}[{self.index}]", label, self.index, state, rin, rout,
                                   err, self.actor_id))
         return out
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import inspect
 import threading
 import time
-import traceback
 from typing import Any, Callable
 
 import ray
@@ -27,6 +26,7 @@ from .ray_support import (NAMESPACE, actor_name, capture_output, deliver_output,
                           kill_actor, loads, wait_dead)
 from .services import ServiceCaller, ServiceHost, run_hook, tag_service_error
 from .threads import OutputSink, current_output
+from .tracebacks import user_traceback
 
 CALL_THREADS = 8  # concurrent method calls per service actor, like the driver's call pool
 STATS_EVERY_S = 0.25
@@ -35,7 +35,7 @@ STATS_EVERY_S = 0.25
 def pack_error(exc: BaseException, note: str) -> bytes:
     """Pickle an exception for the caller, with the remote traceback as a note; an
     exception that cannot be pickled becomes a RuntimeError carrying its text."""
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    tb = user_traceback(exc)
     try:
         exc.add_note(f"{note}:\n{tb.rstrip()}")
     except Exception:  # noqa: BLE001 - exotic exceptions refuse notes
@@ -373,9 +373,8 @@ class RayServiceHost(ServiceHost):
     def stop_and_cleanup(self, policy: CleanupPolicy) -> ServiceCleanup:
         t0 = time.perf_counter()
         if self.wrapper is None:  # never started: nothing to clean or kill
-            self.state = ServiceState.CLEANED
             skipped = HookOutcome("skipped")
-            return ServiceCleanup(self.name, self.kind, skipped, skipped, None)
+            return self.ended(ServiceCleanup(self.name, self.kind, skipped, skipped, None))
         self.state = ServiceState.STOPPING
         self._collect_stats()
         _, killed = self.wrapper.cleanup_and_kill(policy.graceful_timeout, no_restart=True,
@@ -384,8 +383,7 @@ class RayServiceHost(ServiceHost):
         stop, cleanup = self.wrapper.outcomes or (HookOutcome("skipped"), HookOutcome("skipped"))
         self.calls = max(self.calls, self.wrapper.calls or 0)
         report = ServiceCleanup(self.name, self.kind, stop, cleanup, killed, time.perf_counter() - t0)
-        self.state = ServiceState.CLEANED if report.ok else ServiceState.FAILED
-        return report
+        return self.ended(report)
 
     def _collect_stats(self) -> None:
         """Take a pending stats answer (so its output is not lost) before cleanup."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .backend import JobRuntime, TaskBackend
+from .backend import JobRuntime, TaskBackend, operator_state
 from .channels import END, Aborted, Channel
 from .job import ErrorInfo, TaskState, TaskStatus
 from .operators import ChainRunner, end_targets, make_route
@@ -25,6 +25,7 @@ class ThreadTask:
         self.outputs = outputs  # (edge, consumer channels)
         self.state = TaskState.CREATED
         self.error: ErrorInfo | None = None
+        self.failing: str | None = None  # label of the operator that raised
         self.thread = spawn(self.run, f"sage:{job.job_name}:{self.name}", job.output, start=False)
 
     def run(self) -> None:
@@ -43,7 +44,8 @@ class ThreadTask:
             self.state = TaskState.STOPPED
             self.runner.close_quietly()
         except BaseException as exc:  # noqa: BLE001 - reported to the dispatcher
-            where = f"stage {self.runner.failing_label!r} (instance {self.index})"
+            self.failing = self.runner.failing_label
+            where = f"stage {self.failing!r} (instance {self.index})"
             self.error = error_info(where, exc)
             self.state = TaskState.FAILED
             self.runner.close_quietly()
@@ -51,11 +53,13 @@ class ThreadTask:
 
     def statuses(self) -> list[TaskStatus]:
         ops = {op.label: op for op in self.runner.ops}
+        failing = self.failing
         out = []
         for label in self.chain.labels:
             op = ops.get(label)
-            err = self.error if self.error and self.runner.failing_label == label else None
-            out.append(TaskStatus(f"{label}[{self.index}]", label, self.index, self.state,
+            err = self.error if failing == label else None
+            state = operator_state(self.state, failing, label)
+            out.append(TaskStatus(f"{label}[{self.index}]", label, self.index, state,
                                   op.records_in if op else 0, op.records_out if op else 0, err))
         return out
 
