@@ -30,6 +30,8 @@ class RemoteEnvironment(BaseEnvironment):
     Creating one connects to nothing; `submit()` does.
     """
 
+    platform = "remote"  # upstream's attribute
+
     def __init__(self, name: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: str | None = None,
                  config: dict | None = None) -> None:
         super().__init__(name, config)
