@@ -79,7 +79,9 @@ class ConnectedStreams:
             return self._add("comap", "functions", lambda: functions, "plain", parallelism, function)
         cls = function if inspect.isclass(function) else type(function)
         if issubclass(cls, BaseCoMapFunction):
-            missing = [f"map{i}" for i in range(count) if not callable(getattr(cls, f"map{i}", None))]
+            abstract = getattr(cls, "__abstractmethods__", frozenset())
+            missing = [f"map{i}" for i in range(count)
+                       if f"map{i}" in abstract or not callable(getattr(cls, f"map{i}", None))]
             if missing:
                 raise TypeError(
                     f"comap({cls.__name__}): {count} streams are connected, so it needs "
