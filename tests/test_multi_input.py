@@ -156,7 +156,7 @@ def test_join_ends_cleanly_when_one_side_is_unbounded_until_stopped():
     wait_until(lambda: len(out) >= 10)
     assert job.state is JobState.RUNNING
     assert job.stop(wait=True, timeout=30) is JobState.STOPPED
-    assert all(l == r % 5 for l, r in out)
+    assert all(left == right % 5 for left, right in out)
 
 
 def test_join_can_emit_with_collect_and_with_one_key_selector_per_input():
