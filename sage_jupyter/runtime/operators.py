@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import time
 import zlib
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from .channels import END
 from .context import RuntimeContext
@@ -26,21 +26,25 @@ POLL_BACKOFF_MAX_S = 0.05
 MakeContext = Callable[[str, int, int], RuntimeContext]
 
 
-class TaggedBatch:
-    """A batch bound for a multi-input stage (comap, join): its records and the index of
-    the input they came from. Pickles as a plain pair, so every transport carries it."""
+class TaggedBatch(list[Any]):
+    """A batch bound for a multi-input stage (comap, join): its records, and the index of the
+    input they came from. Pickles as (tag, records), so every transport carries it."""
 
-    __slots__ = ("tag", "records")
+    __slots__ = ("tag",)
 
-    def __init__(self, tag: int, records: list) -> None:
+    def __init__(self, tag: int, records: Iterable[Any]) -> None:
+        super().__init__(records)
         self.tag = tag
-        self.records = records
 
-    def __reduce__(self) -> tuple[type, tuple[int, list]]:
-        return (TaggedBatch, (self.tag, self.records))
+    def __reduce__(self) -> tuple[type[TaggedBatch], tuple[int, list[Any]]]:
+        return (TaggedBatch, (self.tag, list(self)))
 
-    def __len__(self) -> int:
-        return len(self.records)
+
+def untag(batch: list[Any], label: str) -> tuple[int, list[Any]]:
+    """The input index and records of a batch reaching a multi-input stage."""
+    if not isinstance(batch, TaggedBatch):
+        raise TypeError(f"{label}: a multi-input stage got a batch without its input index")
+    return batch.tag, batch
 
 
 class Operator:
@@ -98,10 +102,10 @@ class Operator:
         elif kind == "comap":
             per_input = self._per_input_functions()
 
-            def run(batch: TaggedBatch) -> list:
-                records = batch.records
+            def run(batch: list[Any]) -> list[Any]:
+                tag, records = untag(batch, op.label)
                 op.records_in += len(records)
-                out = [y for y in map(per_input[batch.tag], records) if y is not None]
+                out = [y for y in map(per_input[tag], records) if y is not None]
                 op.records_out += len(out)
                 return out
         elif kind == "join":
@@ -110,11 +114,11 @@ class Operator:
             keys = [route.key_factory() if route.key_factory else _no_key(self.label, i)
                     for i, route in enumerate(routes)]
 
-            def run(batch: TaggedBatch) -> list:
-                tag, records = batch.tag, batch.records
+            def run(batch: list[Any]) -> list[Any]:
+                tag, records = untag(batch, op.label)
                 key = keys[tag]
                 op.records_in += len(records)
-                out: list = []
+                out: list[Any] = []
                 ctx.emit = out.append  # what `self.collect(x)` calls
                 try:
                     for x in records:
@@ -351,8 +355,8 @@ def end_targets(edge: EdgeSpec, index: int, n: int) -> range:
     return range(index, index + 1) if edge.mode == "pointwise" else range(n)
 
 
-def _tagging(put: Callable[[Any], None], tag: int) -> Callable[[list], None]:
-    def put_tagged(batch: list) -> None:
+def _tagging(put: Callable[[Any], None], tag: int) -> Callable[[list[Any]], None]:
+    def put_tagged(batch: list[Any]) -> None:
         put(TaggedBatch(tag, batch))
 
     return put_tagged
