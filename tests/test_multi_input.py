@@ -229,6 +229,8 @@ def test_declaration_errors_name_what_is_wrong():
         a.connect(b).comap([lambda x: x])
     with pytest.raises(ValueError, match="join\\(\\): input 1 is not keyed"):
         a.keyby(lambda x: x).connect(b).join(InnerJoin)
+    with pytest.raises(ValueError, match="input 0 is not partitioned by its key"):
+        a.keyby(lambda x: x, strategy="broadcast").connect(b.keyby(lambda x: x)).join(InnerJoin)
     with pytest.raises(ValueError, match="exactly 2 connected streams, got 3"):
         a.connect(b).connect(c).keyby(lambda x: x).join(InnerJoin)
     with pytest.raises(TypeError, match="join\\(TwoOnly\\).*BaseJoinFunction"):

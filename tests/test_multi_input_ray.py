@@ -42,5 +42,6 @@ def test_comap_and_join_through_the_jobmanager(daemon, tmp_path):
     job = env.submit(autostop=True)
     assert job.state is JobState.FINISHED
     check(tmp_path)
-    assert env.platform == "remote" and env.env_uuid == job.job_id
+    assert env.platform == "remote" and env.env_uuid == job.job_id and not env.is_running
+    assert (env.jobmanager_host, env.jobmanager_port) == ("127.0.0.1", daemon.port)
     env.close()

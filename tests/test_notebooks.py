@@ -8,6 +8,7 @@ import pathlib
 import tempfile
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from notebook_runner import run_all
@@ -81,6 +82,7 @@ def test_05_errors():
     assert "FAILED" in shown["data"]["text/html"] and "<details" in shown["data"]["text/html"]
 
 
+@pytest.mark.kernel
 def test_09_multi_input():
     book = execute("09_multi_input.ipynb")
     (shown,) = job_displays(book, "shop")

@@ -107,6 +107,12 @@ class ConnectedStreams:
                 f"join(): input {', '.join(map(str, unkeyed))} is not keyed; call .keyby(...) on each stream "
                 "before connect(), or on the connected streams"
             )
+        spread = [i for i, s in enumerate(self._streams) if s._partition != "hash"]
+        if spread:  # a broadcast or round-robin input would meet its key's state in several instances
+            raise ValueError(
+                f"join(): input {', '.join(map(str, spread))} is not partitioned by its key; "
+                "a join needs keyby(..., strategy='hash') on every input"
+            )
         factory, call = resolve_function("join", function, args, kwargs)
         return self._add("join", display_name(function), factory, call, parallelism, function)
 

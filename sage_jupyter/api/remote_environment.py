@@ -44,6 +44,7 @@ class RemoteEnvironment(BaseEnvironment):
             token = os.environ.get(TOKEN_ENV) or None
         self.host = host
         self.port = port
+        self.jobmanager_host, self.jobmanager_port = host, port  # upstream's names
         self._client = JobManagerClient(host, port, token, timeout=self.config.get("timeout", 10.0))
         self._output: Callable[[str, str], None] | None = None  # set by the Jupyter layer
 

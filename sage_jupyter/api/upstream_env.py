@@ -37,6 +37,8 @@ class UpstreamEnvironment:
     platform: str = "local"  # upstream: "local" or "remote"
     enable_monitoring: bool = False
     console_log_level: str = "INFO"  # upstream's default; ours prints nothing until set
+    jobmanager_host: str | None = None  # a RemoteEnvironment's daemon
+    jobmanager_port: int | None = None
     _console: logging.Handler | None = None
 
     @property
