@@ -93,4 +93,3 @@ def _method_of(factory: Callable[[], Any]) -> Callable[[], Callable[[Any], Any]]
         return factory().execute
 
     return make
-

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import time
 import zlib
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NoReturn
 
 from .channels import END
 from .context import RuntimeContext
@@ -362,5 +362,5 @@ def _tagging(put: Callable[[Any], None], tag: int) -> Callable[[list[Any]], None
     return put_tagged
 
 
-def _no_key(label: str, position: int) -> Callable[[Any], Any]:
+def _no_key(label: str, position: int) -> NoReturn:
     raise ValueError(f"{label}: input {position} has no key; a join needs keyby(...) on every input")

@@ -94,8 +94,8 @@ def build_plan(graph: PipelineGraph, chaining: bool = True) -> Plan:
             route = head.route(position)
             edge = EdgeSpec(src.id, chain.id, _mode(head.parallelism, route.partition, src.parallelism),
                             src.parallelism, chain.parallelism,
-                            route.key_factory if route.partition == "hash" else None,
-                            position if head.tagged else None)
+                            key_factory=route.key_factory if route.partition == "hash" else None,
+                            tag=position if head.tagged else None)
             src.outputs.append(edge)
             chain.inputs.append(edge)
     return Plan(chains, labels)
