@@ -337,3 +337,27 @@ def test_from_source_and_from_collection_take_what_upstream_takes():
     assert job.state is JobState.RUNNING and job.stop(wait=True, timeout=30) is JobState.STOPPED
     with pytest.raises(TypeError, match="a MapFunction consumes records"):
         LocalEnvironment("bad").from_source(MapFunction)
+
+
+def test_keyed_connected_streams_route_one_key_to_one_instance_of_a_merged_sink():
+    from sage_jupyter import KeyByFunction, SinkFunction
+
+    class UserId(KeyByFunction):
+        def execute(self, data):
+            return data["user"]
+
+    instances: dict = {}
+    lock = threading.Lock()
+
+    class ByInstance(SinkFunction):
+        def execute(self, data):
+            with lock:
+                instances.setdefault(data["user"], set()).add(self.ctx.parallel_index)
+
+    env = LocalEnvironment("keyed-merge")
+    users = env.from_batch([{"user": u % 7, "kind": "profile"} for u in range(70)])
+    events = env.from_batch([{"user": u % 7, "kind": "click"} for u in range(300)])
+    users.connect(events).keyby(UserId).sink(ByInstance, parallelism=3)
+    run(env)
+    assert set(instances) == set(range(7)) and all(len(i) == 1 for i in instances.values())
+    assert len(set.union(*instances.values())) > 1  # the keys did spread over the instances
