@@ -47,4 +47,5 @@ class PrintSink(SinkFunction):
         return f"{prefix}{self.separator}{text}"
 
     def execute(self, data: Any) -> None:
-        print(self.line(data))
+        # One write per record, so lines of parallel printers never interleave mid-line.
+        print(self.line(data) + "\n", end="")
