@@ -10,10 +10,11 @@ from tests.connected import InnerJoin, JsonSink, Tag, expected_join, read_json_s
 
 
 def build(env, directory: str) -> None:
-    """Two sources shared by a comap and a keyed join (4 tasks when chained)."""
+    """Two sources shared by a comap, a keyed join and a self-connected comap (5 tasks when chained)."""
     a = env.from_batch(range(200))
     b = env.from_batch(range(0, 300, 7))
     a.connect(b).comap(Tag).sink(JsonSink, directory, "comap")
+    b.connect(b).comap(Tag).sink(JsonSink, directory, "self")  # one producer feeds both inputs
     a.keyby(lambda x: x % 10).connect(b.keyby(lambda x: x % 10)).join(InnerJoin).sink(JsonSink, directory, "join")
 
 
@@ -21,6 +22,9 @@ def check(directory) -> None:
     comapped = read_json_sinks(directory, "comap")
     assert [x for t, x in comapped if t == "a"] == list(range(200))  # exactly once, in order per input
     assert [x for t, x in comapped if t == "b"] == list(range(0, 300, 7))
+    selfed = read_json_sinks(directory, "self")
+    for tag in "ab":  # each input exactly once and in order
+        assert [x for t, x in selfed if t == tag] == list(range(0, 300, 7))
     joined = read_json_sinks(directory, "join")
     assert sorted(joined) == expected_join(range(200), range(0, 300, 7), lambda x: x % 10)
 
