@@ -36,6 +36,7 @@ def test_comap_sends_each_input_to_its_own_method_exactly_once_in_order():
     a, b = env.from_batch(range(3000)), env.from_batch(range(100, 600))
     connected = a.connect(b)
     assert isinstance(connected, ConnectedStreams) and len(connected) == 2
+    assert [t.label for t in connected.transformations] == ["source:range", "source:range"]
     connected.comap(Tag).sink(Collector, out)
     run(env)
     assert [x for t, x in out if t == "a"] == list(range(3000))  # order kept per input

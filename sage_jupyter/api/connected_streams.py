@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from ..runtime.graph import InputRoute
+from ..runtime.graph import InputRoute, StageSpec
 from .datastream import DataStream
 from .functions import BaseCoMapFunction
 from .print_sink import PrintSink
@@ -40,6 +40,11 @@ class ConnectedStreams:
     def streams(self) -> tuple[DataStream, ...]:
         """The connected streams, input 0 first."""
         return self._streams
+
+    @property
+    def transformations(self) -> list[StageSpec]:
+        """The stage behind each input, input 0 first (upstream's attribute)."""
+        return [s._stage for s in self._streams]
 
     def __len__(self) -> int:
         return len(self._streams)
