@@ -84,7 +84,7 @@ class ConnectedStreams:
             return self._add("comap", "functions", lambda: functions, "plain", parallelism, function)
         cls = function if inspect.isclass(function) else type(function)
         if issubclass(cls, BaseCoMapFunction):
-            abstract = getattr(cls, "__abstractmethods__", frozenset())
+            abstract: frozenset[str] = getattr(cls, "__abstractmethods__", frozenset())
             missing = [f"map{i}" for i in range(count)
                        if f"map{i}" in abstract or not callable(getattr(cls, f"map{i}", None))]
             if missing:
