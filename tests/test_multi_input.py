@@ -276,7 +276,7 @@ def test_print_formats_records_as_upstream(capsys):
     assert "\x1b[1;36mtag\x1b[0m: hi" in printed  # colored=True colours the prefix
 
 
-def test_upstream_environment_attributes(caplog):
+def test_upstream_environment_attributes(caplog, capsys):
     env = LocalEnvironment("attrs", enable_monitoring=True)
     assert (env.platform, env.env_uuid, env.is_running, env.console_log_level) == ("local", None, False, "INFO")
     assert env.enable_monitoring is True
@@ -300,6 +300,8 @@ def test_upstream_environment_attributes(caplog):
     assert env.console_log_level == "WARNING" and not env.is_running
     messages = [r.getMessage() for r in caplog.records if r.name.startswith("sage_jupyter.job.attrs")]
     assert messages == ["warn 1"]  # INFO is below the console level
+    console = capsys.readouterr().err
+    assert "WARNING sage_jupyter.job.attrs" in console and "warn 1" in console and "info 1" not in console
 
 
 def test_from_source_and_from_collection_take_what_upstream_takes():
