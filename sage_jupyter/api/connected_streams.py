@@ -67,7 +67,8 @@ class ConnectedStreams:
             selectors = list(key_selectors)
         else:
             selectors = [key_selectors] * len(self._streams)
-        keyed = [stream.keyby(selector, strategy=strategy) for stream, selector in zip(self._streams, selectors)]
+        keyed = [stream.keyby(selector, strategy=strategy)
+                 for stream, selector in zip(self._streams, selectors, strict=True)]
         return ConnectedStreams(self._env, keyed)
 
     def comap(self, function: Any, *args: Any, parallelism: int = 1, **kwargs: Any) -> DataStream:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from ..runtime.graph import PipelineGraph, ServiceSpec, StageSpec
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..jobmanager.client import RemoteJobHandle
     from ..runtime.job import JobHandle
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -32,7 +33,7 @@ class UpstreamEnvironment:
     name: str
     _graph: PipelineGraph
     _services: dict[str, ServiceSpec]
-    _job: "JobHandle | None"
+    _job: "JobHandle | RemoteJobHandle | None"
 
     platform: str = "local"  # upstream: "local" or "remote"
     enable_monitoring: bool = False

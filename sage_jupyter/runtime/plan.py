@@ -24,7 +24,6 @@ class EdgeSpec:
     dst: int
     mode: str
     src_parallelism: int
-    dst_parallelism: int
     key_factory: Callable[[], Callable[[Any], Any]] | None = None
     tag: int | None = None  # the consumer's input index, for multi-input stages (comap, join)
 
@@ -93,7 +92,7 @@ def build_plan(graph: PipelineGraph, chaining: bool = True) -> Plan:
             src = chains[chain_of[up_id]]
             route = head.route(position)
             edge = EdgeSpec(src.id, chain.id, _mode(head.parallelism, route.partition, src.parallelism),
-                            src.parallelism, chain.parallelism,
+                            src.parallelism,
                             key_factory=route.key_factory if route.partition == "hash" else None,
                             tag=position if head.tagged else None)
             src.outputs.append(edge)
