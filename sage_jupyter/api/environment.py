@@ -14,7 +14,7 @@ from .resolve import display_name, resolve_batch_source, resolve_unbounded_sourc
 from .upstream_env import UpstreamEnvironment
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..jobmanager.client import RemoteJobHandle
+    from ..jobmanager.remote_handle import RemoteJobHandle
 
 BACKENDS = ("thread", "ray")
 
