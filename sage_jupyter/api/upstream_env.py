@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from ..runtime.graph import PipelineGraph, ServiceSpec, StageSpec
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..jobmanager.client import RemoteJobHandle
+    from ..jobmanager.remote_handle import RemoteJobHandle
     from ..runtime.job import JobHandle
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
