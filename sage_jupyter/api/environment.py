@@ -11,6 +11,7 @@ from ..runtime.job import JobHandle
 from ..runtime.policy import CleanupPolicy
 from .datastream import DataStream
 from .resolve import display_name, resolve_batch_source, resolve_unbounded_source
+from .upstream_env import UpstreamEnvironment
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..jobmanager.remote_handle import RemoteJobHandle
@@ -29,7 +30,7 @@ def as_policy(value: Any, where: str) -> CleanupPolicy:
     raise TypeError(f"{where}: expected a CleanupPolicy or a dict, got {type(value).__name__}")
 
 
-class BaseEnvironment:
+class BaseEnvironment(UpstreamEnvironment):
     """Declares services and streams; subclasses decide where `submit` runs them."""
 
     def __init__(self, name: str, config: dict[str, Any] | None = None) -> None:
@@ -145,6 +146,7 @@ class LocalEnvironment(BaseEnvironment):
         self.backend = backend
         # Upstream accepts extra options (platform, scheduler...); they change nothing here.
         self._upstream_kwargs = upstream_kwargs
+        self.enable_monitoring = bool(upstream_kwargs.get("enable_monitoring", False))
         self._output: Callable[[str, str], None] | None = None  # set by the Jupyter layer
 
     def submit(self, autostop: bool = False, block: bool | None = None,

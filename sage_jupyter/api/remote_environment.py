@@ -31,6 +31,8 @@ class RemoteEnvironment(BaseEnvironment):
     Creating one connects to nothing; `submit()` does.
     """
 
+    platform = "remote"  # upstream's attribute
+
     def __init__(self, name: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: str | None = None,
                  config: dict[str, Any] | None = None) -> None:
         super().__init__(name, config)
@@ -43,6 +45,7 @@ class RemoteEnvironment(BaseEnvironment):
             token = os.environ.get(TOKEN_ENV) or None
         self.host = host
         self.port = port
+        self.jobmanager_host, self.jobmanager_port = host, port  # upstream's names
         self._client = JobManagerClient(host, port, token, timeout=self.config.get("timeout", 10.0))
         self._output: Callable[[str, str], None] | None = None  # set by the Jupyter layer
 

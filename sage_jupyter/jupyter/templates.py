@@ -12,6 +12,7 @@ import time
 from typing import Any, Iterable, Mapping
 
 from ..runtime.job import CleanupReport, ErrorInfo, JobStatus, ServiceStatus, TaskStatus
+from .graph_svg import graph_svg
 from .palette import background, badge_style
 
 MAX_TASK_ROWS = 40
@@ -123,26 +124,8 @@ def stage_state(stage: str, tasks: Iterable[TaskStatus]) -> str:
 
 
 def graph_html(s: JobStatus) -> str:
-    """The pipeline as columns of boxes (one column per depth), coloured by stage state."""
-    if not s.stages:
-        return ""
-    depth: dict[str, int] = {}
-    for st in s.stages:  # stages come in declaration order: upstreams first
-        depth[st.name] = 1 + max((depth.get(u, 0) for u in st.upstream), default=-1)
-    columns: dict[int, list[str]] = {}
-    for st in s.stages:
-        state = stage_state(st.name, s.tasks)
-        par = f" &times;{st.parallelism}" if st.parallelism > 1 else ""
-        box = (f'<div title="{esc(st.name)}: {esc(state)}" style="border:2px solid {colour(state)};'
-               f'border-radius:4px;padding:1px 6px;margin:2px 0;white-space:nowrap;'
-               f'background:var(--jp-layout-color1,#fff)"><span style="color:{colour(state)}">&#9679;</span> '
-               f'{esc(st.name)}{par}</div>')
-        columns.setdefault(depth[st.name], []).append(box)
-    arrow = '<div style="align-self:center;color:var(--jp-ui-font-color2,#616161)">&#8594;</div>'
-    cols = [f'<div style="display:flex;flex-direction:column;justify-content:center">{"".join(b)}</div>'
-            for _, b in sorted(columns.items())]
-    return (f'<div style="display:flex;gap:6px;align-items:stretch;margin:4px 0;flex-wrap:wrap">'
-            f'{arrow.join(cols)}</div>')
+    """The pipeline as a DAG (fan-in and fan-out drawn as edges), each stage coloured by state."""
+    return graph_svg(s.stages, lambda stage: stage_state(stage, s.tasks), colour, esc)
 
 
 def tasks_html(s: JobStatus, rates: Mapping[str, float] | None = None) -> str:
