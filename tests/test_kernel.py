@@ -187,6 +187,33 @@ def test_a_rerun_job_keeps_its_place_in_the_list(kernel):
     assert names.index("first") < names.index("second")
 
 
+def test_sidebar_stop_over_a_subshell_works_while_another_cell_runs(kernel):
+    """JupyterLab 4.4+ sends the sidebar's comm over a kernel subshell. The kernel's pushes come
+    from a thread of its own; they must not re-route that comm to the busy main shell, or a
+    Stop would wait for the running cell (ipykernel routes a comm by its last sent message)."""
+    request = kernel.kc.session.msg("create_subshell_request", {})
+    kernel.kc.control_channel.send(request)
+    subshell = kernel.kc.get_control_msg(timeout=30)["content"]["subshell_id"]
+    comm_id = uuid.uuid4().hex
+    opened = kernel.kc.session.msg("comm_open", {"comm_id": comm_id, "target_name": "sage_jupyter", "data": {}})
+    opened["header"]["subshell_id"] = subshell
+    kernel.kc.shell_channel.send(opened)
+    _comm_replies(kernel, comm_id, 1)
+    kernel.ok("%%sage_pipeline busy_stop\nenv.from_source(Forever).sink(lambda x: None)\n")
+    running = _pushed_job(kernel, comm_id, "busy_stop", lambda j: j["state"] == "RUNNING")
+    sleeping = kernel.send("import time; time.sleep(20)")
+    pushes = len(_comm_replies(kernel, comm_id, 1))
+    _comm_replies(kernel, comm_id, pushes + 1)  # the feed pushed while the main shell sleeps
+    stop = kernel.kc.session.msg("comm_msg", {"comm_id": comm_id,
+                                              "data": {"action": "stop", "job_id": running["job_id"]}})
+    stop["header"]["subshell_id"] = subshell
+    kernel.kc.shell_channel.send(stop)
+    _pushed_job(kernel, comm_id, "busy_stop", lambda j: j["state"] == "STOPPED")
+    assert not [m for m in kernel.of(sleeping) if m["msg_type"] == "status"
+                and m["content"]["execution_state"] == "idle"], "the stop waited for the sleeping cell"
+    assert kernel.collect(sleeping, timeout=60).ok
+
+
 def _pushed_job(kernel: Kernel, comm_id: str, name: str, ready) -> dict:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

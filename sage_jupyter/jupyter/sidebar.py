@@ -16,6 +16,7 @@ when it failed). A job entry carries what the sidebar shows, already worked out
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
@@ -107,8 +108,15 @@ class SidebarFeed:
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
         self._last: dict[int, str] = {}  # id(comm) -> the job list it was sent last
+        # id(comm) -> the context of the frontend's last message on it. ipykernel routes a
+        # comm's incoming messages to the (sub)shell of the last message sent on it, taken from
+        # the sender's context: a push sent from this thread would carry the busy main shell's
+        # parent and make a Stop wait for the running cell. Sent in this context, it keeps the
+        # subshell the frontend chose.
+        self._contexts: dict[int, contextvars.Context] = {}
 
     def add(self, comm: Any) -> None:
+        self.note_sender(comm)
         with self._lock:
             self._comms.append(comm)
             if self._thread is None or not self._thread.is_alive():
@@ -121,12 +129,19 @@ class SidebarFeed:
             if comm in self._comms:
                 self._comms.remove(comm)
             self._last.pop(id(comm), None)
+            self._contexts.pop(id(comm), None)
             if not self._comms:
                 self._closed.set()
                 self._wake.set()
 
     def wake(self) -> None:
         self._wake.set()
+
+    def note_sender(self, comm: Any) -> None:
+        """Called in the handler of the frontend's message: later pushes go out in its context."""
+        context = contextvars.copy_context()
+        with self._lock:
+            self._contexts[id(comm)] = context
 
     def close(self, timeout: float = 1.0) -> None:
         with self._lock:
@@ -160,11 +175,14 @@ class SidebarFeed:
         payload = jobs_payload()
         text = json.dumps(payload["jobs"], sort_keys=True)
         with self._lock:
-            comms = [c for c in self._comms if self._last.get(id(c)) != text]
-            for comm in comms:
+            comms = [(c, self._contexts.get(id(c))) for c in self._comms if self._last.get(id(c)) != text]
+            for comm, _ in comms:
                 self._last[id(comm)] = text
-        for comm in comms:
-            comm.send(payload)
+        for comm, context in comms:
+            if context is None:
+                comm.send(payload)
+            else:  # a copy: one Context cannot be entered by two threads at once
+                context.copy().run(comm.send, payload)
 
 
 FEED = SidebarFeed()
@@ -175,6 +193,7 @@ def open_comm(comm: Any, open_msg: dict[str, Any]) -> None:
     """Comm target callback: answer actions, push the list now and on every change."""
 
     def on_msg(msg: dict[str, Any]) -> None:
+        FEED.note_sender(comm)
         try:
             reply = handle_message(msg["content"]["data"])
         except Exception as exc:  # the sidebar gets the reason, the kernel lives on
