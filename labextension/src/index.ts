@@ -2,7 +2,11 @@
  * sage-jupyter: a left-sidebar panel with the current notebook's sage_jupyter jobs and
  * services, and commands to open it, refresh it and stop every job.
  */
-import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
+import {
+  ILayoutRestorer,
+  JupyterFrontEnd,
+  JupyterFrontEndPlugin
+} from '@jupyterlab/application';
 import { ICommandPalette } from '@jupyterlab/apputils';
 import { INotebookTracker } from '@jupyterlab/notebook';
 
@@ -20,7 +24,8 @@ export namespace CommandIDs {
 
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'sage-jupyter:sidebar',
-  description: "A sidebar with the current notebook's sage_jupyter jobs and services.",
+  description:
+    "A sidebar with the current notebook's sage_jupyter jobs and services.",
   autoStart: true,
   requires: [INotebookTracker],
   optional: [ICommandPalette, ILayoutRestorer],
@@ -35,7 +40,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
     app.shell.add(sidebar, 'left', { rank: 650 });
     restorer?.add(sidebar, sidebar.id);
 
-    const followCurrent = () => sidebar.follow(notebooks.currentWidget?.sessionContext ?? null);
+    const followCurrent = () =>
+      sidebar.follow(notebooks.currentWidget?.sessionContext ?? null);
     notebooks.currentChanged.connect(followCurrent);
     followCurrent();
 
@@ -52,7 +58,11 @@ const plugin: JupyterFrontEndPlugin<void> = {
       isEnabled: () => sidebar.hasRunningJobs,
       execute: () => sidebar.stopAll()
     });
-    for (const command of [CommandIDs.open, CommandIDs.refresh, CommandIDs.stopAll]) {
+    for (const command of [
+      CommandIDs.open,
+      CommandIDs.refresh,
+      CommandIDs.stopAll
+    ]) {
       palette?.addItem({ command, category: 'SAGE' });
     }
   }

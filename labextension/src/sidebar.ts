@@ -25,7 +25,12 @@ const TERMINAL = new Set(['FINISHED', 'STOPPED', 'FAILED']);
 /** Kernel states in which no comm can be opened. */
 const KERNEL_DOWN = new Set(['restarting', 'autorestarting', 'dead']);
 /** Kernel states that mean a new kernel process: comms of the old one are gone. */
-const KERNEL_NEW = new Set(['restarting', 'autorestarting', 'starting', 'dead']);
+const KERNEL_NEW = new Set([
+  'restarting',
+  'autorestarting',
+  'starting',
+  'dead'
+]);
 
 export const sageIcon = new LabIcon({
   name: 'sage-jupyter:jobs',
@@ -80,7 +85,13 @@ interface IReply {
   error?: string;
 }
 
-type Phase = 'no-notebook' | 'no-kernel' | 'kernel-down' | 'connecting' | 'missing' | 'connected';
+type Phase =
+  | 'no-notebook'
+  | 'no-kernel'
+  | 'kernel-down'
+  | 'connecting'
+  | 'missing'
+  | 'connected';
 
 /** The sidebar widget. Call `follow()` with the current notebook's session context. */
 export class SageSidebar extends Widget {
@@ -170,13 +181,18 @@ export class SageSidebar extends Widget {
     }
   }
 
-  private _onIOPub(_: Kernel.IKernelConnection, msg: KernelMessage.IIOPubMessage): void {
+  private _onIOPub(
+    _: Kernel.IKernelConnection,
+    msg: KernelMessage.IIOPubMessage
+  ): void {
     // The sidebar's own comm messages also make the kernel busy and idle: react only to
     // cells that finished running.
     if (
       msg.header.msg_type === 'status' &&
-      (msg.content as KernelMessage.IStatusMsg['content']).execution_state === 'idle' &&
-      (msg.parent_header as KernelMessage.IHeader).msg_type === 'execute_request'
+      (msg.content as KernelMessage.IStatusMsg['content']).execution_state ===
+        'idle' &&
+      (msg.parent_header as KernelMessage.IHeader).msg_type ===
+        'execute_request'
     ) {
       this._delay = POLL_RUNNING;
       this._schedule(POLL_AFTER_CELL);
@@ -254,7 +270,10 @@ export class SageSidebar extends Widget {
         this._jobs = [];
         this._pid = null;
         this._setPhase('missing');
-        this._delay = Math.min(Math.max(this._delay * 2, POLL_IDLE_FIRST), POLL_MAX);
+        this._delay = Math.min(
+          Math.max(this._delay * 2, POLL_IDLE_FIRST),
+          POLL_MAX
+        );
       }
       this._schedule(this._delay);
     };
@@ -345,9 +364,11 @@ export class SageSidebar extends Widget {
     this._kernelLine.textContent = name
       ? `${name}${this._pid !== null ? ` · kernel pid ${this._pid}` : ''}`
       : '';
-    this._message.textContent = this._error || Private.phaseMessage(this._phase, this._jobs.length);
+    this._message.textContent =
+      this._error || Private.phaseMessage(this._phase, this._jobs.length);
     this._message.classList.toggle('sage-jp-mod-error', !!this._error);
-    this._stopAllButton.disabled = this._phase !== 'connected' || !this.hasRunningJobs;
+    this._stopAllButton.disabled =
+      this._phase !== 'connected' || !this.hasRunningJobs;
     this._renderJobs();
   }
 
@@ -390,7 +411,11 @@ export class SageSidebar extends Widget {
 }
 
 namespace Private {
-  export function el(tag: string, className: string, text?: string): HTMLElement {
+  export function el(
+    tag: string,
+    className: string,
+    text?: string
+  ): HTMLElement {
     const node = document.createElement(tag);
     node.className = className;
     if (text !== undefined) {
@@ -400,7 +425,11 @@ namespace Private {
   }
 
   export function button(label: string, className: string): HTMLButtonElement {
-    const node = el('button', `jp-mod-styled ${className}`, label) as HTMLButtonElement;
+    const node = el(
+      'button',
+      `jp-mod-styled ${className}`,
+      label
+    ) as HTMLButtonElement;
     node.type = 'button';
     return node;
   }
@@ -426,12 +455,19 @@ namespace Private {
     if (job.started_at === null) {
       return '';
     }
-    const seconds = Math.max(0, (job.ended_at ?? job.taken_at) - job.started_at);
-    return seconds < 60 ? `${seconds.toFixed(1)} s` : `${Math.floor(seconds / 60)} min ${Math.round(seconds % 60)} s`;
+    const seconds = Math.max(
+      0,
+      (job.ended_at ?? job.taken_at) - job.started_at
+    );
+    return seconds < 60
+      ? `${seconds.toFixed(1)} s`
+      : `${Math.floor(seconds / 60)} min ${Math.round(seconds % 60)} s`;
   }
 
   function records(job: IJobEntry): number {
-    return job.tasks.filter(t => t.stage.startsWith('sink')).reduce((sum, t) => sum + t.records_in, 0);
+    return job.tasks
+      .filter(t => t.stage.startsWith('sink'))
+      .reduce((sum, t) => sum + t.records_in, 0);
   }
 
   /** One job: name, state, a Stop button, its services. */
@@ -454,10 +490,18 @@ namespace Private {
       this._name.title = `job ${job.name} (${job.job_id})`;
       this._state.textContent = job.state;
       this._state.className = `sage-jp-State sage-jp-State-${job.state}`;
-      this._stop.disabled = !connected || TERMINAL.has(job.state) || job.state === 'STOPPING';
-      const where = job.location === 'local' ? job.backend : `${job.backend} @ ${job.location}`;
-      this._meta.textContent = [where, elapsed(job), `${records(job)} records`].filter(Boolean).join(' · ');
-      this._error.textContent = job.error ? `${job.error.where}: ${job.error.type}: ${job.error.message}` : '';
+      this._stop.disabled =
+        !connected || TERMINAL.has(job.state) || job.state === 'STOPPING';
+      const where =
+        job.location === 'local'
+          ? job.backend
+          : `${job.backend} @ ${job.location}`;
+      this._meta.textContent = [where, elapsed(job), `${records(job)} records`]
+        .filter(Boolean)
+        .join(' · ');
+      this._error.textContent = job.error
+        ? `${job.error.where}: ${job.error.type}: ${job.error.message}`
+        : '';
       this._error.hidden = !job.error;
       this._services.replaceChildren(...job.services.map(serviceItem));
     }
@@ -474,11 +518,17 @@ namespace Private {
     const item = el('li', 'sage-jp-Service');
     item.dataset.serviceName = service.name;
     item.dataset.state = service.state;
-    const kind = service.actor_id ? `ray actor ${service.actor_id.slice(0, 8)}` : service.kind;
+    const kind = service.actor_id
+      ? `ray actor ${service.actor_id.slice(0, 8)}`
+      : service.kind;
     item.append(
       el('span', 'sage-jp-Service-name', service.name),
       el('span', 'sage-jp-Service-kind', kind),
-      el('span', `sage-jp-Service-state sage-jp-Service-${service.state}`, service.state),
+      el(
+        'span',
+        `sage-jp-Service-state sage-jp-Service-${service.state}`,
+        service.state
+      ),
       el('span', 'sage-jp-Service-calls', `${service.calls} calls`)
     );
     if (service.error) {
