@@ -9,6 +9,7 @@ import os
 import sys
 from typing import Callable
 
+from ..runtime.extras import MissingExtraError, require_extra
 from .protocol import DEFAULT_MAX_BODY_BYTES, DEFAULT_PORT, TOKEN_ENV, is_loopback
 
 
@@ -95,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--announce-fd {args.announce_fd}: not an open file descriptor")
     token = resolve_token(args, parser)
     configure_logging(args.verbose, args.log_file)
+    try:
+        require_extra("tornado", "sage-jobmanager (the JobManager daemon)")
+    except MissingExtraError as exc:
+        print(f"sage-jobmanager: {exc}", file=sys.stderr)
+        return 1
     from .daemon import JobManager
 
     manager = JobManager(token, max_body_bytes=int(args.max_body_mb * 2**20))
