@@ -5,7 +5,7 @@ import prettier from 'eslint-config-prettier';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['lib/', 'node_modules/', '../sage_jupyter/'] },
+  { ignores: ['lib/', 'node_modules/'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
