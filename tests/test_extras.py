@@ -141,3 +141,31 @@ def test_magic_turns_missing_ray_into_a_usage_error(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert ("USAGE: %%sage_pipeline demo: backend='ray' needs ray, which is not installed: "
             "pip install 'sage-jupyter[ray]'") in result.stdout.splitlines()
+
+
+def test_daemon_without_ray_refuses_a_ray_job_naming_the_extra(tmp_path: Path) -> None:
+    # A real JobManager whose interpreter cannot import Ray; the client's interpreter can.
+    script = tmp_path / "daemon.py"
+    script.write_text("import sys; sys.modules['ray'] = None\n"
+                      "from sage_jupyter.jobmanager.cli import main\n"
+                      "sys.exit(main(['--port', '0', '--token', 'secret']))\n")
+    daemon = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, cwd=tmp_path)
+    try:
+        assert daemon.stdout is not None
+        announced = daemon.stdout.readline()  # "sage-jobmanager listening on HOST:PORT (pid N)"
+        assert " listening on " in announced, daemon.communicate(timeout=30)[1]
+        port = int(announced.split(" on ")[1].split()[0].rsplit(":", 1)[1])
+        from sage_jupyter import RemoteEnvironment
+        from sage_jupyter.jobmanager import JobManagerError
+
+        env = RemoteEnvironment("needs_ray", "127.0.0.1", port, token="secret")
+        env.from_batch(range(3)).sink(print)
+        with pytest.raises(JobManagerError) as refused:
+            env.submit(autostop=True, backend="ray")
+        assert refused.value.code == "backend_unavailable"
+        assert "backend='ray' needs ray, which is not installed: pip install 'sage-jupyter[ray]'" in str(refused.value)
+    finally:
+        daemon.terminate()
+        _, errors = daemon.communicate(timeout=30)
+        assert daemon.returncode == 0, errors
