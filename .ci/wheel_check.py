@@ -3,7 +3,7 @@ from a temp directory. Each subcommand is one step; any failed check exits non-z
 
   dist    the wheel ships the labextension as shared data; the sdist carries its TypeScript sources
   plain   the wheel alone: imported from the venv, a pipeline runs, Ray and the daemon name their extras
-  kernel  + ipykernel: %load_ext, %%sage_pipeline --autostop --wait and its widget, seen on the wire
+  kernel  + ipykernel: %load_ext, %%sage_pipeline --autostop --wait, its widget and the sidebar comm
   lab     + the jupyter extra: `jupyter labextension list` shows it enabled OK; a notebook runs (nbclient)
 """
 
@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import uuid
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -134,26 +135,39 @@ class Kernel:
         self.kc.wait_for_ready(timeout=60)
         self.messages: list[dict[str, Any]] = []
 
-    def run(self, code: str) -> list[dict[str, Any]]:
-        """Execute a cell; return the iopub messages up to its idle. Fails on an error reply."""
-        msg_id = self.kc.execute(code)
+    def _until_idle(self, msg_id: str, what: str) -> list[dict[str, Any]]:
+        """The iopub messages up to the kernel's idle after request `msg_id`."""
         start = len(self.messages)
         while True:
             try:
                 msg = self.kc.get_iopub_msg(timeout=CELL_TIMEOUT)
             except queue.Empty:
-                raise CheckFailed(f"no idle within {CELL_TIMEOUT:g} s after:\n{code}") from None
+                raise CheckFailed(f"no idle within {CELL_TIMEOUT:g} s after:\n{what}") from None
             self.messages.append(msg)
             if (msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle"
                     and msg["parent_header"].get("msg_id") == msg_id):
-                break
+                return self.messages[start:]
+
+    def open_comm(self, target: str) -> list[dict[str, Any]]:
+        """Open a comm to `target` as a frontend does; return the kernel's messages on it."""
+        comm_id = uuid.uuid4().hex
+        msg = self.kc.session.msg("comm_open", {"comm_id": comm_id, "target_name": target, "data": {}})
+        self.kc.shell_channel.send(msg)
+        messages = self._until_idle(msg["header"]["msg_id"], f"comm_open {target}")
+        return [m["content"]["data"] for m in messages
+                if m["msg_type"] == "comm_msg" and m["content"]["comm_id"] == comm_id]
+
+    def run(self, code: str) -> list[dict[str, Any]]:
+        """Execute a cell; return the iopub messages up to its idle. Fails on an error reply."""
+        msg_id = self.kc.execute(code)
+        messages = self._until_idle(msg_id, code)
         reply = self.kc.get_shell_msg(timeout=CELL_TIMEOUT)
         while reply["parent_header"].get("msg_id") != msg_id:  # a reply to something else (none expected)
             reply = self.kc.get_shell_msg(timeout=CELL_TIMEOUT)
         if reply["content"]["status"] != "ok":
             trace = "\n".join(reply["content"].get("traceback", []))
             raise CheckFailed(f"cell failed:\n{code}\n{strip_ansi(trace)}")
-        return self.messages[start:]
+        return messages
 
     def stdout(self, messages: list[dict[str, Any]]) -> str:
         return "".join(m["content"]["text"] for m in messages
@@ -204,10 +218,15 @@ def check_kernel(args: argparse.Namespace) -> None:
             "                  'services_clean': job.cleanup_report.ok}))")))
         expect(result["state"] == "FINISHED" and result["out"] == [0, 2, 4, 6, 8], f"the job ended as {result}")
         expect(result["model"] == views[0], "the displayed widget is not the job's widget")
+        # The sidebar's side in the kernel: the "sage_jupyter" comm answers its opening with the jobs.
+        answers = kernel.open_comm("sage_jupyter")
+        listed = {j.get("display_name"): j.get("state") for a in answers for j in a.get("jobs", [])}
+        expect(listed.get("wheel_check") == "FINISHED", f"the sidebar comm listed {answers}")
         kernel.run("%unload_ext sage_jupyter")
     finally:
         kernel.shutdown()
-    print(f"kernel: ok (widget {views[0][:8]} displayed with its comm; job FINISHED; output routed)")
+    print(f"kernel: ok (widget {views[0][:8]} displayed with its comm; job FINISHED; output routed; "
+          "sidebar comm lists the job)")
 
 
 # ---- lab -----------------------------------------------------------------------------------
