@@ -58,6 +58,7 @@ def check_dist(args: argparse.Namespace) -> None:
                f"the wheel lacks share/jupyter/labextensions/{EXTENSION}/{needed}: {shared}")
     expect(any(re.search(r"/static/remoteEntry\.[0-9a-f]+\.js$", n) for n in shared),
            f"the wheel lacks the built extension's static/remoteEntry.*.js: {shared}")
+    expect("sage_jupyter/py.typed" in names, "the wheel lacks sage_jupyter/py.typed (PEP 561)")
     expect(not any(n.startswith("sage_jupyter/labextension/") for n in names),
            "the wheel also ships the build inside the Python package")
     members = tarfile.open(args.sdist).getnames()
