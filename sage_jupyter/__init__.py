@@ -6,6 +6,7 @@ Importing this package starts nothing: no threads, ports, signal handlers or Ray
 from __future__ import annotations
 
 import logging
+from importlib import metadata
 from typing import Any
 
 from .api import (BaseEnvironment, BaseFunction, BaseService, BatchFunction, DataStream, FilterFunction,
@@ -17,7 +18,10 @@ from .runtime.job import (CleanupReport, JobHandle, JobState, JobStatus, Service
                           ServiceStatus, TaskState, TaskStatus)
 from .runtime.policy import CleanupPolicy
 
-__version__ = "0.1.0"
+try:  # the one version lives in labextension/package.json; the installed metadata carries it
+    __version__ = metadata.version("sage-jupyter")
+except metadata.PackageNotFoundError:  # a source tree on sys.path that was never installed
+    __version__ = "0+unknown"
 
 # Silent by default: applications choose where runtime logs go.
 logging.getLogger("sage_jupyter").addHandler(logging.NullHandler())

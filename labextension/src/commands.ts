@@ -15,7 +15,11 @@ export namespace CommandIDs {
   export const clearFinished = 'sage-jupyter:clear-finished';
 }
 
-export function addCommands(app: JupyterFrontEnd, sidebar: SageSidebar, palette: ICommandPalette | null): void {
+export function addCommands(
+  app: JupyterFrontEnd,
+  sidebar: SageSidebar,
+  palette: ICommandPalette | null
+): void {
   const model = sidebar.model;
   app.commands.addCommand(CommandIDs.open, {
     label: 'Show SAGE Jobs',
@@ -31,7 +35,11 @@ export function addCommands(app: JupyterFrontEnd, sidebar: SageSidebar, palette:
     isEnabled: () => model.hasEndedJobs,
     execute: () => sidebar.connection.send({ action: 'clear_finished' })
   });
-  for (const command of [CommandIDs.open, CommandIDs.stopAll, CommandIDs.clearFinished]) {
+  for (const command of [
+    CommandIDs.open,
+    CommandIDs.stopAll,
+    CommandIDs.clearFinished
+  ]) {
     palette?.addItem({ command, category: 'SAGE' });
   }
 }

@@ -25,7 +25,12 @@ const RETRY_FIRST = 500;
 const RETRY_MAX = 10000;
 
 /** Kernel states in which no comm can be opened. */
-const KERNEL_DOWN = new Set(['restarting', 'autorestarting', 'dead', 'unknown']);
+const KERNEL_DOWN = new Set([
+  'restarting',
+  'autorestarting',
+  'dead',
+  'unknown'
+]);
 
 export class KernelConnection {
   constructor(readonly model: JobsModel) {}
@@ -51,7 +56,9 @@ export class KernelConnection {
   send(data: Action): void {
     const comm = this._comm;
     if (comm && !comm.isDisposed && this.model.phase === 'connected') {
-      comm.send(data as unknown as KernelMessage.ICommMsgMsg['content']['data']);
+      comm.send(
+        data as unknown as KernelMessage.ICommMsgMsg['content']['data']
+      );
     }
   }
 
@@ -75,13 +82,18 @@ export class KernelConnection {
     }
   }
 
-  private _onIOPub(_: Kernel.IKernelConnection, msg: KernelMessage.IIOPubMessage): void {
+  private _onIOPub(
+    _: Kernel.IKernelConnection,
+    msg: KernelMessage.IIOPubMessage
+  ): void {
     // A cell finished while the extension was not loaded: it may have loaded it now.
     if (
       this.model.phase === 'missing' &&
       msg.header.msg_type === 'status' &&
-      (msg.content as KernelMessage.IStatusMsg['content']).execution_state === 'idle' &&
-      (msg.parent_header as KernelMessage.IHeader).msg_type === 'execute_request'
+      (msg.content as KernelMessage.IStatusMsg['content']).execution_state ===
+        'idle' &&
+      (msg.parent_header as KernelMessage.IHeader).msg_type ===
+        'execute_request'
     ) {
       this._connect();
     }

@@ -2,7 +2,11 @@
  * sage-jupyter: a left-sidebar panel with the current notebook's sage_jupyter jobs and
  * services. This file only wires the pieces: model, kernel connection, panel, commands.
  */
-import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
+import {
+  ILayoutRestorer,
+  JupyterFrontEnd,
+  JupyterFrontEndPlugin
+} from '@jupyterlab/application';
 import { ICommandPalette } from '@jupyterlab/apputils';
 import { INotebookTracker } from '@jupyterlab/notebook';
 
@@ -15,7 +19,8 @@ export { CommandIDs } from './commands';
 
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'sage-jupyter:sidebar',
-  description: "A sidebar with the current notebook's sage_jupyter jobs and services.",
+  description:
+    "A sidebar with the current notebook's sage_jupyter jobs and services.",
   autoStart: true,
   requires: [INotebookTracker],
   optional: [ICommandPalette, ILayoutRestorer],
@@ -32,7 +37,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
         return;
       }
       const notebook = panel.content;
-      const index = notebook.widgets.findIndex(cell => cell.model.id === cellId);
+      const index = notebook.widgets.findIndex(
+        cell => cell.model.id === cellId
+      );
       if (index < 0) {
         return; // the cell was deleted since
       }

@@ -14,13 +14,21 @@ export function el(tag: string, className: string, text?: string): HTMLElement {
 }
 
 export function button(label: string, className: string): HTMLButtonElement {
-  const node = el('button', `jp-mod-styled ${className}`, label) as HTMLButtonElement;
+  const node = el(
+    'button',
+    `jp-mod-styled ${className}`,
+    label
+  ) as HTMLButtonElement;
   node.type = 'button';
   return node;
 }
 
 /** A state as a badge coloured by the kernel's palette. */
-export function badge(model: JobsModel, state: string, className: string): HTMLElement {
+export function badge(
+  model: JobsModel,
+  state: string,
+  className: string
+): HTMLElement {
   const node = el('span', `sage-jp-State ${className}`, state);
   node.dataset.state = state;
   node.style.cssText = model.badgeStyle(state);
@@ -71,9 +79,16 @@ export class JobRow {
         this._head.append(this._stop);
       }
     }
-    const where = job.location === 'local' ? job.backend : `${job.backend} @ ${job.location}`;
-    this._meta.textContent = [where, job.elapsed, job.records].filter(Boolean).join(' · ');
-    this._error.textContent = job.error ? `${job.error.where}: ${job.error.type}: ${job.error.message}` : '';
+    const where =
+      job.location === 'local'
+        ? job.backend
+        : `${job.backend} @ ${job.location}`;
+    this._meta.textContent = [where, job.elapsed, job.records]
+      .filter(Boolean)
+      .join(' · ');
+    this._error.textContent = job.error
+      ? `${job.error.where}: ${job.error.type}: ${job.error.message}`
+      : '';
     this._error.hidden = !job.error;
     this._services.replaceChildren(...job.services.map(s => this._service(s)));
   }

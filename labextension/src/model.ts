@@ -49,7 +49,13 @@ export interface IJobList {
 }
 
 /** Where the connection to the current notebook's kernel is. */
-export type Phase = 'no-notebook' | 'no-kernel' | 'kernel-down' | 'connecting' | 'missing' | 'connected';
+export type Phase =
+  | 'no-notebook'
+  | 'no-kernel'
+  | 'kernel-down'
+  | 'connecting'
+  | 'missing'
+  | 'connected';
 
 export class JobsModel {
   /** Emitted whenever the list or the phase changed. */

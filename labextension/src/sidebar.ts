@@ -30,9 +30,13 @@ export class SageSidebar extends Widget {
     const header = el('div', 'sage-jp-Sidebar-header');
     header.appendChild(el('h2', 'sage-jp-Sidebar-title', 'SAGE jobs'));
     this._stopAll.title = 'Stop every running job of this kernel';
-    this._stopAll.addEventListener('click', () => this.connection.send({ action: 'stop_all' }));
+    this._stopAll.addEventListener('click', () =>
+      this.connection.send({ action: 'stop_all' })
+    );
     this._clear.title = 'Remove the jobs that ended from this list';
-    this._clear.addEventListener('click', () => this.connection.send({ action: 'clear_finished' }));
+    this._clear.addEventListener('click', () =>
+      this.connection.send({ action: 'clear_finished' })
+    );
     header.append(this._clear, this._stopAll);
     this.node.append(header, this._kernelLine, this._message, this._list);
     this.model.changed.connect(this._render, this);
@@ -55,7 +59,8 @@ export class SageSidebar extends Widget {
     this._kernelLine.textContent = this._path
       ? `${this._path}${model.pid !== null ? ` · kernel pid ${model.pid}` : ''}`
       : '';
-    this._message.textContent = model.error || phaseMessage(model.phase, model.jobs.length);
+    this._message.textContent =
+      model.error || phaseMessage(model.phase, model.jobs.length);
     this._message.classList.toggle('sage-jp-mod-error', !!model.error);
     const connected = model.phase === 'connected';
     this._stopAll.disabled = !connected || !model.hasRunningJobs;

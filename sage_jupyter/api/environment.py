@@ -6,6 +6,7 @@ import inspect
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..runtime.dispatcher import Dispatcher
+from ..runtime.extras import require_extra
 from ..runtime.graph import PipelineGraph, ServiceSpec, StageSpec
 from ..runtime.job import JobHandle
 from ..runtime.policy import CleanupPolicy
@@ -162,6 +163,8 @@ class LocalEnvironment(BaseEnvironment):
         if self.backend == "ray":  # every service is an actor when tasks are
             services = [ServiceSpec(s.name, s.cls, s.args, s.kwargs, True) for s in services]
         if self.backend == "ray" or any(s.remote for s in services):
+            remote = [s.name for s in services if s.remote]
+            require_extra("ray", "backend='ray'" if self.backend == "ray" else f"service {remote[0]!r} (remote=True)")
             from ..runtime.ray_support import check_shippable
 
             check_shippable(self._graph, services)

@@ -9,6 +9,7 @@ import os
 import sys
 from typing import Callable
 
+from ..runtime.extras import MissingExtraError, require_extra
 from .protocol import (
     DEFAULT_IDLE_TIMEOUT_S,
     DEFAULT_MAX_BODY_BYTES,
@@ -114,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--announce-fd {args.announce_fd}: not an open file descriptor")
     token = resolve_token(args, parser)
     configure_logging(args.verbose, args.log_file)
+    try:
+        require_extra("tornado", "sage-jobmanager (the JobManager daemon)")
+    except MissingExtraError as exc:
+        print(f"sage-jobmanager: {exc}", file=sys.stderr)
+        return 1
     from .daemon import serve
     from .history import JobHistory, StateDirError, default_state_dir
     from .manager import JobManager

@@ -35,6 +35,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from ..api.environment import BACKENDS, LocalEnvironment
 from ..api.service import BaseService
 from ..runtime.errors import PipelineError
+from ..runtime.extras import MissingExtraError
 from . import templates
 from .jobs import (JOBS, SERVICES, JobTable, ServiceDef, ServiceTable, TrackedJob, adopt_plain_jobs, service_rows,
                    stop_jobs)
@@ -254,7 +255,7 @@ class SageMagics(Magics):
                                  "with .sink(...) on a stream of `env`")
             try:
                 handle = env.submit(autostop=args.autostop, block=False)
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, MissingExtraError) as exc:
                 raise UsageError(f"%%sage_pipeline {name}: {exc}") from None
 
         widget = JobWidget(handle, output=output)

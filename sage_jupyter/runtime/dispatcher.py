@@ -19,6 +19,7 @@ from .backend import JobRuntime, TaskBackend
 from .context import RuntimeContext, make_logger
 from .errors import PipelineError
 from .executor import DaemonExecutor, join_all
+from .extras import require_extra
 from .graph import PipelineGraph, ServiceSpec
 from .job import (CleanupReport, ErrorInfo, HookOutcome, JobState, JobStatus, ServiceCleanup, ServiceState,
                   StageInfo, StatusListener, TaskState)
@@ -37,6 +38,7 @@ def make_backend(name: str) -> TaskBackend:
 
         return ThreadBackend()
     if name == "ray":
+        require_extra("ray", "backend='ray'")
         from .ray_backend import RayBackend
 
         return RayBackend()
@@ -45,6 +47,7 @@ def make_backend(name: str) -> TaskBackend:
 
 def make_service_host(spec: ServiceSpec, job_tag: str) -> ServiceHost:
     if spec.remote:
+        require_extra("ray", f"service {spec.name!r} (remote=True)")
         from .ray_services import RayServiceHost
 
         return RayServiceHost(spec, job_tag)

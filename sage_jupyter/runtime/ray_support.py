@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable
 
+from .extras import require_extra
 from .graph import PipelineGraph, ServiceSpec
 from .shipping import local_modules
 
@@ -33,13 +34,7 @@ _exit_hooked = False
 
 def ray_module():
     """Import Ray, with an install hint when it is missing."""
-    try:
-        import ray
-    except ImportError as exc:  # pragma: no cover - Ray is a test dependency
-        raise ImportError(
-            "backend='ray' and remote=True services need Ray: pip install 'sage-jupyter[ray]'"
-        ) from exc
-    return ray
+    return require_extra("ray", "sage_jupyter's Ray support (backend='ray', remote=True services)")
 
 
 def ensure_ray():
