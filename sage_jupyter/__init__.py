@@ -12,8 +12,9 @@ from .api import (BaseEnvironment, BaseFunction, BaseService, BatchFunction, Dat
                   FlatMapFunction, KeyByFunction, LocalEnvironment, MapFunction, SinkFunction,
                   SourceFunction)
 from .runtime.errors import PipelineError, ServiceCallError
-from .runtime.job import (CleanupReport, JobHandle, JobState, JobStatus, ServiceCleanup, ServiceState,
-                          ServiceStatus, TaskState, TaskStatus)
+from .runtime.handle import JobHandle
+from .runtime.job import (CleanupReport, JobState, JobStatus, ServiceCleanup, ServiceState, ServiceStatus, TaskState,
+                          TaskStatus)
 from .runtime.policy import CleanupPolicy
 
 __version__ = "0.1.0"

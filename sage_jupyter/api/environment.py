@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from ..runtime.dispatcher import Dispatcher
 from ..runtime.graph import PipelineGraph, ServiceSpec, StageSpec
-from ..runtime.job import JobHandle
+from ..runtime.handle import JobHandle
 from ..runtime.policy import CleanupPolicy
 from .datastream import DataStream
 from .resolve import display_name, resolve_batch_source, resolve_unbounded_source

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..runtime import registry
-from ..runtime.job import JobHandle, JobStatus
+from ..runtime.handle import JobHandle
+from ..runtime.job import JobStatus
 from . import templates
 from .widget import JobWidget
 

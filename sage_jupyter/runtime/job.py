@@ -1,18 +1,17 @@
-"""The one job-status model: states, immutable snapshots, the cleanup report and the handle.
+"""The one job-status model, data only: states, immutable snapshots and the cleanup report.
 
 Every view (widget, magics, sidebar comm, JobManager protocol) reads `JobStatus` snapshots
-made here; none keeps a copy of state of its own.
+made here; none keeps a copy of state of its own. `JobStatus.to_dict`/`JobStatus.from_dict`
+is the one serializer, shared with the wire. The handle lives in `handle.py`.
 """
 
 from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .dispatcher import Dispatcher
+from typing import Any
 
 
 class JobState(str, enum.Enum):
@@ -223,7 +222,13 @@ class JobStatus:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (enums as strings), for comms and the wire."""
-        return _jsonable(asdict(self))
+        result: dict[str, Any] = _jsonable(asdict(self))
+        return result
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> JobStatus:
+        """Inverse of `to_dict`, used by the JobManager client."""
+        return status_from_dict(d)
 
 
 def _jsonable(value: Any) -> Any:
@@ -239,10 +244,10 @@ def _jsonable(value: Any) -> Any:
 def status_from_dict(d: dict[str, Any]) -> JobStatus:
     """Inverse of `JobStatus.to_dict`, used by the JobManager client."""
 
-    def err(e: dict | None) -> ErrorInfo | None:
+    def err(e: dict[str, Any] | None) -> ErrorInfo | None:
         return ErrorInfo(**e) if e else None
 
-    def hook(h: dict) -> HookOutcome:
+    def hook(h: dict[str, Any]) -> HookOutcome:
         return HookOutcome(**h)
 
     report = d.get("cleanup_report")
@@ -284,71 +289,10 @@ def status_from_dict(d: dict[str, Any]) -> JobStatus:
 StatusListener = Callable[[JobStatus], None]
 
 
-class JobHandle:
-    """What `submit()` returns: wait for, stop and observe one job.
+def __getattr__(name: str) -> Any:
+    # `from sage_jupyter.runtime.job import JobHandle` predates handle.py; import lazily (no circle).
+    if name == "JobHandle":
+        from .handle import JobHandle
 
-    A thin view over the dispatcher that runs the job; all state lives there.
-    """
-
-    def __init__(self, dispatcher: "Dispatcher") -> None:
-        self._dispatcher = dispatcher
-
-    @property
-    def job_id(self) -> str:
-        return self._dispatcher.job_id
-
-    @property
-    def name(self) -> str:
-        return self._dispatcher.name
-
-    @property
-    def state(self) -> JobState:
-        return self._dispatcher.state
-
-    @property
-    def done(self) -> bool:
-        return self._dispatcher.state.terminal
-
-    @property
-    def cleanup_report(self) -> CleanupReport | None:
-        """The report of the last cleanup, or None while services have not been cleaned."""
-        return self._dispatcher.cleanup_report
-
-    @property
-    def error(self) -> ErrorInfo | None:
-        return self._dispatcher.error
-
-    def status(self) -> JobStatus:
-        return self._dispatcher.snapshot()
-
-    def wait(self, timeout: float | None = None) -> JobState:
-        """Block until the job ended and its services were cleaned; return the final state.
-
-        Raises `PipelineError` if the job failed and `TimeoutError` if `timeout` passed.
-        A job submitted without autostop returns once all its tasks ended: its services
-        stay up (state RUNNING) until `stop()`.
-        """
-        return self._dispatcher.wait(timeout)
-
-    def stop(self, wait: bool = True, timeout: float | None = None) -> JobState:
-        """Stop gracefully: sources stop, in-flight records drain within the graceful
-        timeout, then services are cleaned. With `wait=False` return at once."""
-        self._dispatcher.request_stop()
-        if wait:
-            try:
-                return self._dispatcher.wait(timeout, raise_on_failure=False, until_terminal=True)
-            except TimeoutError:
-                return self._dispatcher.state
-        return self._dispatcher.state
-
-    def subscribe(self, listener: StatusListener) -> Callable[[], None]:
-        """Call `listener(snapshot)` now and on every state change (not per record); returns
-        an unsubscribe function. Listeners run on runtime threads and must be quick."""
-        return self._dispatcher.subscribe(listener)
-
-    def __repr__(self) -> str:
-        s = self.status()
-        return (
-            f"<JobHandle {s.name!r} id={s.job_id} state={s.state.value} backend={s.backend} "
-            f"tasks={len(s.tasks)} services={len(s.services)}>"
-        )
+        return JobHandle
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
