@@ -36,6 +36,8 @@ class BaseEnvironment:
             raise TypeError(f"config must be a dict, got {type(config).__name__}")
         self.name = name
         self.config: dict[str, Any] = dict(config or {})
+        if "cleanup" in self.config:  # a bad policy is refused here, not at submit
+            as_policy(self.config["cleanup"], "config['cleanup']")
         self._graph = PipelineGraph()
         self._services: dict[str, ServiceSpec] = {}
         self._job: JobHandle | None = None
@@ -52,6 +54,11 @@ class BaseEnvironment:
         if not inspect.isclass(service_class):
             raise TypeError(
                 f"register_service({name!r}, ...): pass the service class, not {type(service_class).__name__}"
+            )
+        if getattr(service_class, "__dictoffset__", 1) == 0:  # dict, int, __slots__ classes: no self.ctx
+            raise TypeError(
+                f"register_service({name!r}, {service_class.__name__}): its instances cannot take attributes, "
+                "so the runtime cannot attach self.ctx; pass a BaseService subclass (or a plain class)"
             )
         self._check_not_submitted("register_service")
         self._services[name] = ServiceSpec(name, service_class, args, kwargs, bool(remote))
