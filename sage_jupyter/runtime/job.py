@@ -105,7 +105,9 @@ class StageInfo:
 
 @dataclass(frozen=True)
 class HookOutcome:
-    """What happened when one cleanup hook ran: ok, error, timeout or skipped."""
+    """What happened when one hook ran: ok, error, timeout or skipped; for a `setup()` or
+    `start()` still running when the job stopped, "late" (it returned, then cleanup ran)
+    or "timeout" (still running: left running, no hook runs after it)."""
 
     outcome: str
     duration_s: float = 0.0
@@ -119,7 +121,8 @@ class HookOutcome:
 @dataclass(frozen=True)
 class ServiceCleanup:
     """Cleanup of one service: its `stop()` and `cleanup()` hooks and, for a Ray actor,
-    whether the actor was killed."""
+    whether the actor was killed. `setup` is set only when the stop came while `setup()`
+    or `start()` still ran."""
 
     name: str
     kind: str
@@ -127,10 +130,12 @@ class ServiceCleanup:
     cleanup: HookOutcome
     killed: bool | None = None  # None: not an actor
     duration_s: float = 0.0
+    setup: HookOutcome | None = None
 
     @property
     def ok(self) -> bool:
-        return self.stop.ok and self.cleanup.ok and self.killed is not False
+        overran = self.setup is not None and self.setup.outcome != "late"
+        return self.stop.ok and self.cleanup.ok and self.killed is not False and not overran
 
     @property
     def cleaned(self) -> bool:
@@ -138,8 +143,8 @@ class ServiceCleanup:
 
     def describe(self) -> str:
         if self.ok:
-            return "ok"
-        parts = []
+            return "ok" if self.setup is None else f"ok ({self.setup.error})"
+        parts = [self.setup.error] if self.setup is not None and self.setup.error else []
         for hook, res in (("stop", self.stop), ("cleanup", self.cleanup)):
             if not res.ok:
                 parts.append(f"{hook}() {res.outcome}" + (f": {res.error}" if res.error else ""))
@@ -156,10 +161,11 @@ class CleanupReport:
     reason: str  # "finished", "stopped" or "failed"
     tasks_left_running: tuple[str, ...] = ()
     duration_s: float = 0.0
+    calls_left_running: tuple[str, ...] = ()  # service calls (timed out or async) still running
 
     @property
     def ok(self) -> bool:
-        return all(s.ok for s in self.services) and not self.tasks_left_running
+        return all(s.ok for s in self.services) and not self.tasks_left_running and not self.calls_left_running
 
     def __getitem__(self, name: str) -> ServiceCleanup:
         for s in self.services:
@@ -274,12 +280,14 @@ def status_from_dict(d: dict[str, Any]) -> JobStatus:
         if not report
         else CleanupReport(
             services=tuple(
-                ServiceCleanup(**{**s, "stop": hook(s["stop"]), "cleanup": hook(s["cleanup"])})
+                ServiceCleanup(**{**s, "stop": hook(s["stop"]), "cleanup": hook(s["cleanup"]),
+                                  "setup": hook(s["setup"]) if s.get("setup") else None})
                 for s in report["services"]
             ),
             reason=report["reason"],
             tasks_left_running=tuple(report.get("tasks_left_running", ())),
             duration_s=report.get("duration_s", 0.0),
+            calls_left_running=tuple(report.get("calls_left_running", ())),
         ),
         location=d.get("location", "local"),
         taken_at=d.get("taken_at", time.time()),
