@@ -25,7 +25,8 @@ class ThreadTask:
         self.outputs = outputs  # (edge, consumer channels)
         self.state = TaskState.CREATED
         self.error: ErrorInfo | None = None
-        self.thread = spawn(self.run, f"sage:{job.job_name}:{self.name}", job.output, start=False)
+        self.thread = spawn(self.run, f"sage:{job.job_name}:{self.name}", job.output, start=False,
+                            job=job.job_id)
 
     def run(self) -> None:
         self.state = TaskState.RUNNING
@@ -52,9 +53,12 @@ class ThreadTask:
     def statuses(self) -> list[TaskStatus]:
         ops = {op.label: op for op in self.runner.ops}
         out = []
+        failing = self.runner.failing_label
+        if failing not in self.chain.labels:  # a key function: shown on the stage it partitions for
+            failing = self.chain.labels[-1]
         for label in self.chain.labels:
             op = ops.get(label)
-            err = self.error if self.error and self.runner.failing_label == label else None
+            err = self.error if self.error and failing == label else None
             out.append(TaskStatus(f"{label}[{self.index}]", label, self.index, self.state,
                                   op.records_in if op else 0, op.records_out if op else 0, err))
         return out
