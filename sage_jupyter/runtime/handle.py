@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from .job import CleanupReport, ErrorInfo, JobState, JobStatus, StatusListener
+from .threads import current_job
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dispatcher import Dispatcher
@@ -91,9 +92,10 @@ class JobHandle:
 
     def stop(self, wait: bool = True, timeout: float | None = None) -> JobState:
         """Stop gracefully: sources stop, in-flight records drain within the graceful
-        timeout, then services are cleaned. With `wait=False` return at once."""
+        timeout, then services are cleaned. With `wait=False` return at once; called from
+        one of the job's own threads (a stage, a service) it never waits (it would wait on itself)."""
         self._dispatcher.request_stop()
-        if wait:
+        if wait and current_job() != self._dispatcher.job_id:
             try:
                 return self._dispatcher.wait(timeout, raise_on_failure=False, until_terminal=True)
             except TimeoutError:
