@@ -15,6 +15,24 @@ from ..runtime.errors import ServiceCallError
 _detached_logger = logging.getLogger("sage_jupyter.user")
 
 
+class _ServiceAccess:
+    """`self.call_service["cache"].get(k)` or `self.call_service("cache", k, method="get")`.
+
+    A non-data descriptor: the runtime stores the job's caller in the instance when it
+    attaches the context, so per-record calls find it as a plain attribute."""
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        ctx = obj.ctx
+        if ctx is None or ctx.services is None:
+            raise ServiceCallError(
+                f"{type(obj).__name__} is not running inside a sage_jupyter job; "
+                "services can be called only from functions and services of a submitted job"
+            )
+        return ctx.services
+
+
 class _Servicing:
     """What functions and services share: context, logger and service calls."""
 
@@ -47,16 +65,7 @@ class _Servicing:
     def name(self, value: str) -> None:
         self._name = value
 
-    @property
-    def call_service(self):
-        """`self.call_service["cache"].get(k)` or `self.call_service("cache", k, method="get")`."""
-        ctx = self.ctx
-        if ctx is None or ctx.services is None:
-            raise ServiceCallError(
-                f"{type(self).__name__} is not running inside a sage_jupyter job; "
-                "services can be called only from functions and services of a submitted job"
-            )
-        return ctx.services
+    call_service = _ServiceAccess()
 
     def call_service_async(self, name: str, *args: Any, method: str | None = "process", **kwargs: Any):
         """Like `call_service(...)` but returns a `concurrent.futures.Future` at once."""
