@@ -383,3 +383,55 @@ def test_local_and_remote_handles_offer_the_job_handle_interface():
     members = [n for n in vars(JobHandleLike) if not n.startswith("_")]
     assert set(members) >= {"state", "status", "wait", "stop", "subscribe", "cleanup_report"}
     assert all(hasattr(RemoteJobHandle, n) for n in members)
+
+
+# ---- service calls: one at a time, also without a lock on the single-caller path ---------
+
+class Exclusive(BaseService):
+    """Counts calls that overlapped with a call from another thread (there must be none)."""
+
+    def __init__(self, result: dict) -> None:
+        super().__init__()
+        self.result = result
+        self.inside: int | None = None
+        self.overlaps = self.count = 0
+
+    def cleanup(self) -> None:
+        self.result.update(overlaps=self.overlaps, count=self.count)
+
+    def touch(self, x: int, nested: bool = False) -> int:
+        me = threading.get_ident()
+        if self.inside is not None and self.inside != me:
+            self.overlaps += 1
+        outer, self.inside = self.inside, me
+        sum(range(200))  # a window for another thread to come in
+        if nested:
+            self.call_service["svc"].touch(x)  # a service calling itself: reentrant
+        self.count += 1
+        self.inside = outer
+        return x
+
+
+class Touches(MapFunction):
+    def execute(self, data):
+        return self.call_service["svc"].touch(data, nested=data % 7 == 0)
+
+
+def test_calls_of_several_tasks_never_overlap_even_after_a_single_callers_fast_path():
+    import sys
+
+    result: dict = {}
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often, to give overlaps every chance
+    try:
+        env = LocalEnvironment("exclusive")
+        env.register_service("svc", Exclusive, result)
+        # one source instance calls first (the fast path), then three map instances join
+        (env.from_batch(range(3000)).map(Touches).map(lambda x: x, parallelism=3)
+            .map(Touches, parallelism=3).sink(lambda x: None))
+        env.submit(autostop=True)
+    finally:
+        sys.setswitchinterval(old)
+    nested = len([x for x in range(3000) if x % 7 == 0])
+    assert result == {"overlaps": 0, "count": 2 * (3000 + nested)}
+    assert env.job.status().service("svc").calls == 2 * (3000 + nested)

@@ -8,10 +8,10 @@ the dispatcher and `call_service` do not care where a service lives.
 from __future__ import annotations
 
 import abc
-import contextlib
 import threading
 import time
 import traceback
+from concurrent.futures import Future
 from typing import Any, Callable
 
 from .context import RuntimeContext, attach_context
@@ -19,10 +19,10 @@ from .errors import ServiceCallError
 from .graph import ServiceSpec
 from .job import ErrorInfo, HookOutcome, ServiceCleanup, ServiceState, ServiceStatus
 from .policy import CleanupPolicy
+from .service_calls import Bias, make_call
 from .threads import spawn
 
 
-_NO_LOCK = contextlib.nullcontext()
 
 
 def error_info(where: str, exc: BaseException) -> ErrorInfo:
@@ -116,7 +116,7 @@ class LocalServiceHost(ServiceHost):
     def __init__(self, spec: ServiceSpec) -> None:
         super().__init__(spec)
         self.instance: Any = None
-        self._lock = threading.RLock()  # reentrant: a service may call itself
+        self._bias = Bias(threading.RLock())  # reentrant: a service may call itself
         self._phase = threading.Lock()  # orders the starter's next hook against a stop
         self._started = threading.Event()  # start() returned (done, failed or cut short)
         self._starting_hook = "__init__"  # what start() runs now, for the report
@@ -151,39 +151,18 @@ class LocalServiceHost(ServiceHost):
             raise ServiceCallError(
                 f"service {self.name!r} ({type(self.instance).__name__}) has no method {method!r}"
             )
-        host = self
-        name = self.name
+        name, host = self.name, self
+
+        def refuse() -> None:
+            raise ServiceCallError(f"service {name!r} is {host.state.value}; it takes no more calls")
+
+        def tag(exc: BaseException) -> None:
+            tag_service_error(exc, name, method)
+
         # One call at a time, like an actor, so service state needs no locks of its own;
-        # a service declaring `concurrent_calls = True` takes parallel calls (and its
-        # call count may then miss a few).
-        if getattr(self.instance, "concurrent_calls", False):
-            def call(*args: Any, **kwargs: Any) -> Any:
-                if not host.accepting:
-                    raise ServiceCallError(f"service {name!r} is {host.state.value}; it takes no more calls")
-                host.calls += 1
-                try:
-                    return bound(*args, **kwargs)
-                except Exception as exc:
-                    tag_service_error(exc, name, method)
-                    raise
-        else:
-            acquire, release = self._lock.acquire, self._lock.release  # cheaper than `with` per call
-
-            def call(*args: Any, **kwargs: Any) -> Any:
-                if not host.accepting:
-                    raise ServiceCallError(f"service {name!r} is {host.state.value}; it takes no more calls")
-                acquire()
-                try:
-                    host.calls += 1
-                    return bound(*args, **kwargs)
-                except Exception as exc:
-                    tag_service_error(exc, name, method)
-                    raise
-                finally:
-                    release()
-
-        call.label = f"{name}.{method}()"  # type: ignore[attr-defined]  # named in reports while it runs
-        return call
+        # a service declaring `concurrent_calls = True` takes parallel calls.
+        bias = None if getattr(self.instance, "concurrent_calls", False) else self._bias
+        return make_call(bound, self, bias, refuse, tag, f"{name}.{method}()")
 
     def stop_and_cleanup(self, policy: CleanupPolicy) -> ServiceCleanup:
         t0 = time.perf_counter()
@@ -275,7 +254,8 @@ class ServiceCaller(dict[str, "ServiceProxy"]):
                 raise
             raise TimeoutError(f"service {name!r}.{method}() did not answer within {timeout:g} s") from exc
 
-    def call_async(self, name: str, *args: Any, method: str | None = "process", **kwargs: Any):
+    def call_async(self, name: str, *args: Any, method: str | None = "process",
+                   **kwargs: Any) -> Future[Any]:
         """Run a service call on the job's call pool; returns a `concurrent.futures.Future`."""
         kwargs.pop("timeout", None)  # a Future has its own timeout in .result()
         call = getattr(self[name], method or "process")
