@@ -259,7 +259,8 @@ class ServiceCaller(dict[str, "ServiceProxy"]):
         """Run a service call on the job's call pool; returns a `concurrent.futures.Future`."""
         kwargs.pop("timeout", None)  # a Future has its own timeout in .result()
         call = getattr(self[name], method or "process")
-        return self._executor_factory().submit(call, *args, **kwargs)
+        future: Future[Any] = self._executor_factory().submit(call, *args, **kwargs)
+        return future
 
     def names(self) -> list[str]:
         return list(self._hosts)
