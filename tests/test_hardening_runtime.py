@@ -435,3 +435,18 @@ def test_calls_of_several_tasks_never_overlap_even_after_a_single_callers_fast_p
     nested = len([x for x in range(3000) if x % 7 == 0])
     assert result == {"overlaps": 0, "count": 2 * (3000 + nested)}
     assert env.job.status().service("svc").calls == 2 * (3000 + nested)
+
+
+def test_the_new_report_fields_travel_through_the_one_serializer():
+    import json
+
+    from sage_jupyter import CleanupReport, JobStatus, ServiceCleanup
+    from sage_jupyter.runtime.job import HookOutcome
+
+    late = HookOutcome("late", 0.5, "setup() was still running at the stop; cleaned after it returned")
+    report = CleanupReport((ServiceCleanup("svc", "thread", HookOutcome("skipped"), HookOutcome("ok"), None, 0.6, late),),
+                           "stopped", (), 0.7, ("svc.slow()",))
+    status = JobStatus("j-1", "j", JobState.STOPPED, "thread", True, 1.0, 2.0, 3.0, (), (), cleanup_report=report)
+    back = JobStatus.from_dict(json.loads(json.dumps(status.to_dict())))
+    assert back == status
+    assert back.cleanup_report["svc"].setup == late and not back.cleanup_report.ok
