@@ -150,7 +150,7 @@ def service_call_run(n: int) -> float:
                      autostop=True, output=lambda stream, text: lines.append(text))
     job.start()
     job.wait()
-    assert job.status().service("acc").calls == n and job.cleanup_report.ok, job.cleanup_report
+    assert job.snapshot().service("acc").calls == n and job.cleanup_report.ok, job.cleanup_report
     fields = dict(kv.split("=") for kv in "".join(lines).split() if "=" in kv)
     return float(fields["calls_per_s"])
 
