@@ -20,19 +20,24 @@ _SERIALISED = """
 def call({params}):
     if not _sage_host.accepting:
         _sage_refuse()
-    if _sage_mine.owner:  # the thread the service is biased to: no lock while it is the only caller
-        _sage_bias.depth += 1  # announce the call first, then look at the bias (see Bias)
-        if _sage_bias.on:
-            try:
-                _sage_host.calls += 1
-                return _sage_bound({args})
-            except Exception as exc:
-                _sage_tag(exc)
-                raise
-            finally:
-                _sage_bias.depth -= 1
-        _sage_bias.depth -= 1
-    _sage_enter()
+    if _sage_bias.on:
+        if _sage_mine.owner:  # the thread the service is biased to: no lock while it is the only caller
+            _sage_bias.depth += 1  # announce the call first, then look at the bias (see Bias)
+            if _sage_bias.on:
+                try:
+                    _sage_host.calls += 1
+                    return _sage_bound({args})
+                except Exception as exc:
+                    _sage_tag(exc)
+                    raise
+                finally:
+                    _sage_bias.depth -= 1
+            _sage_bias.depth -= 1
+        _sage_enter()
+    elif _sage_bias.settled:
+        _sage_acquire()
+    else:
+        _sage_enter()
     try:
         _sage_host.calls += 1
         return _sage_bound({args})
@@ -80,6 +85,7 @@ class Bias:
         self.lock = lock
         self.on = _GIL
         self.depth = 0  # the owner's calls in progress; written by the owner only
+        self.settled = not _GIL  # the bias is off and the owner's last lock-free call has ended
         self.mine = _Owner()
         self._claimed = False
 
@@ -96,6 +102,7 @@ class Bias:
         if not self.mine.owner:  # (the owner's own outer call may be in progress: no waiting on it)
             while self.depth:  # a call of the owner in progress ends without the lock
                 time.sleep(0.0005)
+            self.settled = True  # the owner reads `on` (now false) before any further call
         self.lock.acquire()
 
 
@@ -111,7 +118,7 @@ def make_call(bound: Callable[..., Any], host: CountedHost, bias: Bias | None,
     namespace: dict[str, Any] = {"_sage_host": host, "_sage_bound": bound, "_sage_refuse": refuse, "_sage_tag": tag}
     if bias is not None:
         namespace.update(_sage_bias=bias, _sage_mine=bias.mine, _sage_enter=bias.enter,
-                         _sage_release=bias.lock.release)
+                         _sage_acquire=bias.lock.acquire, _sage_release=bias.lock.release)
     params, args = _plain_parameters(bound, namespace) or _ANY
     exec((_SERIALISED if bias is not None else _CONCURRENT).format(params=params, args=args), namespace)  # noqa: S102
     call: Callable[..., Any] = namespace["call"]
@@ -130,7 +137,7 @@ def _plain_parameters(bound: Callable[..., Any], namespace: dict[str, Any]) -> t
     params, args = [], []
     for i, p in enumerate(signature.parameters.values()):
         if p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD or p.name.startswith("_sage_") \
-                or not p.name.isidentifier():
+                or p.name in ("exc", "Exception"):
             return None
         if p.default is inspect.Parameter.empty:
             params.append(p.name)
