@@ -444,8 +444,8 @@ def test_the_new_report_fields_travel_through_the_one_serializer():
     from sage_jupyter.runtime.job import HookOutcome
 
     late = HookOutcome("late", 0.5, "setup() was still running at the stop; cleaned after it returned")
-    report = CleanupReport((ServiceCleanup("svc", "thread", HookOutcome("skipped"), HookOutcome("ok"), None, 0.6, late),),
-                           "stopped", (), 0.7, ("svc.slow()",))
+    cleaned = ServiceCleanup("svc", "thread", HookOutcome("skipped"), HookOutcome("ok"), None, 0.6, late)
+    report = CleanupReport((cleaned,), "stopped", (), 0.7, ("svc.slow()",))
     status = JobStatus("j-1", "j", JobState.STOPPED, "thread", True, 1.0, 2.0, 3.0, (), (), cleanup_report=report)
     back = JobStatus.from_dict(json.loads(json.dumps(status.to_dict())))
     assert back == status

@@ -7,10 +7,15 @@ call; constructors may take any extra arguments, passed on from `map(Cls, *args,
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, overload
 
 from ..runtime.context import RuntimeContext
 from ..runtime.errors import ServiceCallError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from concurrent.futures import Future
+
+    from ..runtime.services import ServiceCaller
 
 _detached_logger = logging.getLogger("sage_jupyter.user")
 
@@ -21,7 +26,13 @@ class _ServiceAccess:
     A non-data descriptor: the runtime stores the job's caller in the instance when it
     attaches the context, so per-record calls find it as a plain attribute."""
 
-    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _ServiceAccess: ...
+
+    @overload
+    def __get__(self, obj: _Servicing, owner: type | None = None) -> ServiceCaller: ...
+
+    def __get__(self, obj: _Servicing | None, owner: type | None = None) -> _ServiceAccess | ServiceCaller:
         if obj is None:
             return self
         ctx = obj.ctx
@@ -30,7 +41,8 @@ class _ServiceAccess:
                 f"{type(obj).__name__} is not running inside a sage_jupyter job; "
                 "services can be called only from functions and services of a submitted job"
             )
-        return ctx.services
+        services: ServiceCaller = ctx.services
+        return services
 
 
 class _Servicing:
@@ -56,7 +68,7 @@ class _Servicing:
     @property
     def name(self) -> str:
         """This instance's name: set by the user, else the runtime's, else the class name."""
-        given = self.__dict__.get("_name")
+        given: str | None = self.__dict__.get("_name")
         if given is not None:
             return given
         return self.ctx.name if self.ctx is not None else type(self).__name__
@@ -67,7 +79,7 @@ class _Servicing:
 
     call_service = _ServiceAccess()
 
-    def call_service_async(self, name: str, *args: Any, method: str | None = "process", **kwargs: Any):
+    def call_service_async(self, name: str, *args: Any, method: str | None = "process", **kwargs: Any) -> Future[Any]:
         """Like `call_service(...)` but returns a `concurrent.futures.Future` at once."""
         return self.call_service.call_async(name, *args, method=method, **kwargs)
 

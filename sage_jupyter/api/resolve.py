@@ -31,7 +31,7 @@ def check_parallelism(method: str, parallelism: Any) -> int:
     return parallelism
 
 
-def resolve_function(kind: str, fn: Any, args: tuple, kwargs: dict,
+def resolve_function(kind: str, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
                      parallelism: int = 1) -> tuple[Callable[[], Any], str]:
     """Return (factory, call style) for an operator or key function."""
     expected = EXPECTED[kind]
@@ -90,7 +90,7 @@ def _copy(fn: BaseFunction) -> BaseFunction:
     return copied
 
 
-def _bind_extra(fn: Callable, args: tuple, kwargs: dict) -> Callable[[Any], Any]:
+def _bind_extra(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[[Any], Any]:
     def call(data: Any) -> Any:
         return fn(data, *args, **kwargs)
 
@@ -106,7 +106,8 @@ def _base_of(cls: type) -> type:
     return BaseFunction
 
 
-def resolve_batch_source(source: Any, args: tuple, kwargs: dict, method: str) -> tuple[Callable[[], Any], str]:
+def resolve_batch_source(source: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                         method: str) -> tuple[Callable[[], Any], str]:
     """`from_batch` / `from_collection`: a BatchFunction class, an iterable, or a callable
     returning an iterator."""
     if inspect.isclass(source):
@@ -142,7 +143,8 @@ def resolve_batch_source(source: Any, args: tuple, kwargs: dict, method: str) ->
     )
 
 
-def resolve_unbounded_source(source: Any, args: tuple, kwargs: dict) -> tuple[Callable[[], Any], str]:
+def resolve_unbounded_source(source: Any, args: tuple[Any, ...],
+                             kwargs: dict[str, Any]) -> tuple[Callable[[], Any], str]:
     """`from_source`: a SourceFunction class (or instance), or a zero-argument callable
     polled until the job stops."""
     if inspect.isclass(source):

@@ -5,7 +5,10 @@ from __future__ import annotations
 import inspect
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .services import ServiceCaller
 
 
 @dataclass
@@ -21,7 +24,7 @@ class RuntimeContext:
     env_name: str
     parallel_index: int = 0
     parallelism: int = 1
-    services: Any = None  # a ServiceCaller
+    services: ServiceCaller | None = None
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("sage_jupyter.user"))
     emit: Callable[[Any], None] | None = None
 

@@ -137,10 +137,6 @@ class ServiceCleanup:
         overran = self.setup is not None and self.setup.outcome != "late"
         return self.stop.ok and self.cleanup.ok and self.killed is not False and not overran
 
-    @property
-    def cleaned(self) -> bool:
-        return self.ok
-
     def describe(self) -> str:
         if self.ok:
             return "ok" if self.setup is None else f"ok ({self.setup.error})"

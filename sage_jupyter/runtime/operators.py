@@ -47,18 +47,18 @@ class Operator:
         else:  # "plain": the callable itself; "iter": the iterable
             self.obj, self.fn = built, built
 
-    def step(self) -> Callable[[list], list | None]:
+    def step(self) -> Callable[[list[Any]], list[Any] | None]:
         """A function that runs this operator over one batch."""
         fn, op, kind = self.fn, self, self.stage.kind
 
         if kind == "map":
-            def run(batch: list) -> list:
+            def run(batch: list[Any]) -> list[Any] | None:
                 op.records_in += len(batch)
                 out = [y for y in map(fn, batch) if y is not None]  # None drops it, as upstream
                 op.records_out += len(out)
                 return out
         elif kind == "filter":
-            def run(batch: list) -> list:
+            def run(batch: list[Any]) -> list[Any] | None:
                 op.records_in += len(batch)
                 out = [x for x in batch if fn(x)]
                 op.records_out += len(out)
@@ -66,9 +66,9 @@ class Operator:
         elif kind == "flatmap":
             ctx = self.ctx
 
-            def run(batch: list) -> list:
+            def run(batch: list[Any]) -> list[Any] | None:
                 op.records_in += len(batch)
-                out: list = []
+                out: list[Any] = []
                 ctx.emit = out.append  # what `self.collect(x)` calls
                 try:
                     for x in batch:
@@ -80,7 +80,7 @@ class Operator:
                 op.records_out += len(out)
                 return out
         elif kind == "sink":
-            def run(batch: list) -> None:
+            def run(batch: list[Any]) -> list[Any] | None:
                 for x in batch:
                     fn(x)
                 op.records_in += len(batch)
@@ -107,13 +107,13 @@ class ChainRunner:
         self.index = index
         self._make_ctx = make_ctx
         self.ops: list[Operator] = []
-        self._steps: list[tuple[Operator, Callable[[list], list | None]]] = []
+        self._steps: list[tuple[Operator, Callable[[list[Any]], list[Any] | None]]] = []
         self.current: Operator | None = None  # the operator running now, for error messages
         self.routing: str | None = None  # the key function partitioning the output now, likewise
 
     def open(self) -> None:
         """Build every operator (user constructors run here, in the task's worker)."""
-        for stage, label in zip(self.chain.stages, self.chain.labels):
+        for stage, label in zip(self.chain.stages, self.chain.labels, strict=True):
             self._opening = label
             ctx = self._make_ctx(label, self.index, self.chain.parallelism)
             op = Operator(stage, label, self.index, ctx)
@@ -133,18 +133,19 @@ class ChainRunner:
             return self.routing
         return self._opening or (self.ops[-1].label if self.ops else self.chain.labels[0])
 
-    def process(self, batch: list) -> list | None:
+    def process(self, batch: list[Any]) -> list[Any] | None:
         for op, run in self._steps:
             self.current = op
-            batch = run(batch)
-            if not batch:
+            out = run(batch)
+            if not out:
                 self.current = None
                 return None
+            batch = out
         self.current = None
         return batch
 
     def run_source(self, should_stop: Callable[[], bool], wait_stop: Callable[[float], Any],
-                   emit: Callable[[list], None]) -> bool:
+                   emit: Callable[[list[Any]], None]) -> bool:
         """Pull records from the source until it ends or a stop is requested.
 
         Returns True if the source was exhausted, False if it was stopped.
@@ -194,7 +195,7 @@ class ChainRunner:
                 backoff = min(POLL_BACKOFF_MAX_S, backoff * 2 or 0.001)
                 wait_stop(backoff)
 
-    def run_to_end(self, get: Callable[[], Any] | None, routes: list[Callable[[list], None]],
+    def run_to_end(self, get: Callable[[], Any] | None, routes: list[Callable[[list[Any]], None]],
                    should_stop: Callable[[], bool], wait_stop: Callable[[float], Any]) -> bool:
         """Run until this instance's input ends: the source is exhausted or stopped, or one
         end marker came from every upstream instance. Then close every operator.
@@ -206,6 +207,7 @@ class ChainRunner:
         if self.chain.is_source:
             stopped = not self.run_source(should_stop, wait_stop, send)
         else:
+            assert get is not None, "a chain with upstreams reads its input channel"
             ends, expected, process = 0, self.chain.ends_expected, self.process
             while ends < expected:
                 batch = get()
@@ -234,7 +236,8 @@ class ChainRunner:
         if first is not None:
             raise first
 
-    def _blaming(self, send: Callable[[list], None], routes: list[Callable[[list], None]]) -> Callable[[list], None]:
+    def _blaming(self, send: Callable[[list[Any]], None],
+                 routes: list[Callable[[list[Any]], None]]) -> Callable[[list[Any]], None]:
         """`send`, noting which key function runs while a keyed route partitions a batch."""
         keyed = [(route, label) for route in routes if (label := getattr(route, "label", None)) is not None]
         if not keyed:
@@ -242,14 +245,14 @@ class ChainRunner:
         if len(routes) == 1:
             label = keyed[0][1]
 
-            def send_one(batch: list) -> None:
+            def send_one(batch: list[Any]) -> None:
                 self.routing = label
                 send(batch)
                 self.routing = None
 
             return send_one
 
-        def send_each(batch: list) -> None:
+        def send_each(batch: list[Any]) -> None:
             for route in routes:
                 self.routing = getattr(route, "label", None)
                 route(batch)
@@ -265,12 +268,12 @@ class ChainRunner:
                 pass
 
 
-def fan_out(routes: list[Callable[[list], None]]) -> Callable[[list], None]:
+def fan_out(routes: list[Callable[[list[Any]], None]]) -> Callable[[list[Any]], None]:
     """One send function over every output edge (none: the records are dropped)."""
     if len(routes) == 1:
         return routes[0]
 
-    def send(batch: list) -> None:
+    def send(batch: list[Any]) -> None:
         for route in routes:
             route(batch)
 
@@ -293,21 +296,21 @@ def stable_hash(key: Any) -> int:
     return hash(key)
 
 
-def make_route(edge: EdgeSpec, index: int, put: list[Callable[[Any], None]]) -> Callable[[list], None]:
+def make_route(edge: EdgeSpec, index: int, put: list[Callable[[Any], None]]) -> Callable[[list[Any]], None]:
     """How one producer instance sends a batch over `edge`; `put[i]` feeds consumer i."""
     n = len(put)
     if edge.mode == "pointwise":
         return put[index]
     if edge.mode == "broadcast":
-        def broadcast(batch: list) -> None:
+        def broadcast(batch: list[Any]) -> None:
             for p in put:
                 p(batch)
         return broadcast
     if edge.mode == "hash":
         key = edge.key_factory() if edge.key_factory else (lambda x: x)
 
-        def by_key(batch: list) -> None:
-            buckets: list[list] = [[] for _ in range(n)]
+        def by_key(batch: list[Any]) -> None:
+            buckets: list[list[Any]] = [[] for _ in range(n)]
             for x in batch:
                 buckets[stable_hash(key(x)) % n].append(x)
             for i, bucket in enumerate(buckets):
@@ -317,7 +320,7 @@ def make_route(edge: EdgeSpec, index: int, put: list[Callable[[Any], None]]) -> 
         return by_key
     counter = itertools.count(index)  # rebalance, staggered by producer
 
-    def round_robin(batch: list) -> None:
+    def round_robin(batch: list[Any]) -> None:
         put[next(counter) % n](batch)
     return round_robin
 

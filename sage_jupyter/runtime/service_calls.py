@@ -120,7 +120,7 @@ def make_call(bound: Callable[..., Any], host: CountedHost, bias: Bias | None,
         namespace.update(_sage_bias=bias, _sage_mine=bias.mine, _sage_enter=bias.enter,
                          _sage_acquire=bias.lock.acquire, _sage_release=bias.lock.release)
     params, args = _plain_parameters(bound, namespace) or _ANY
-    exec((_SERIALISED if bias is not None else _CONCURRENT).format(params=params, args=args), namespace)  # noqa: S102
+    exec((_SERIALISED if bias is not None else _CONCURRENT).format(params=params, args=args), namespace)
     call: Callable[..., Any] = namespace["call"]
     call.__name__ = call.__qualname__ = getattr(bound, "__name__", "call")
     call.__doc__ = getattr(bound, "__doc__", None)

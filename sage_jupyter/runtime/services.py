@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from .context import RuntimeContext, attach_context
 from .errors import ServiceCallError
+from .executor import DaemonExecutor
 from .graph import ServiceSpec
 from .job import ErrorInfo, HookOutcome, ServiceCleanup, ServiceState, ServiceStatus
 from .policy import CleanupPolicy
@@ -40,7 +41,7 @@ def tag_service_error(exc: BaseException, service: str, method: str) -> None:
             exc.args = (f"{tag} {exc.args[0]}",) + tuple(exc.args[1:])
         elif hasattr(exc, "add_note"):
             exc.add_note(f"raised by {tag}")
-        exc._sage_tagged = True  # type: ignore[attr-defined]
+        exc._sage_tagged = True  # type: ignore[attr-defined]  # a marker on the user's exception
     except Exception:  # noqa: BLE001 - some exception types refuse new attributes
         pass
 
@@ -225,7 +226,7 @@ class ServiceCaller(dict[str, "ServiceProxy"]):
     closure, one lock where calls are serialised, and the method itself.
     """
 
-    def __init__(self, hosts: dict[str, ServiceHost], executor_factory: Callable[[], Any]) -> None:
+    def __init__(self, hosts: dict[str, ServiceHost], executor_factory: Callable[[], DaemonExecutor]) -> None:
         super().__init__((name, ServiceProxy(host)) for name, host in hosts.items())
         self._hosts = hosts
         self._executor_factory = executor_factory
@@ -254,8 +255,7 @@ class ServiceCaller(dict[str, "ServiceProxy"]):
                 raise
             raise TimeoutError(f"service {name!r}.{method}() did not answer within {timeout:g} s") from exc
 
-    def call_async(self, name: str, *args: Any, method: str | None = "process",
-                   **kwargs: Any) -> Future[Any]:
+    def call_async(self, name: str, *args: Any, method: str | None = "process", **kwargs: Any) -> Future[Any]:
         """Run a service call on the job's call pool; returns a `concurrent.futures.Future`."""
         kwargs.pop("timeout", None)  # a Future has its own timeout in .result()
         call = getattr(self[name], method or "process")

@@ -26,6 +26,7 @@ def current_job() -> str | None:
 def spawn(target: Callable[[], None], name: str, output: OutputSink | None = None,
           start: bool = True, job: str | None = None) -> threading.Thread:
     thread = threading.Thread(target=target, name=name, daemon=True)
+    # The sink rides on the Thread object itself (read back by current_output); Thread declares no such attribute.
     thread.sage_output = output if output is not None else current_output()  # type: ignore[attr-defined]
     thread.sage_job = job if job is not None else current_job()  # type: ignore[attr-defined]
     if start:
