@@ -281,3 +281,22 @@ def test_forward_output_gives_a_new_sink_everything_from_the_start(daemon):
         time.sleep(0.02)
     assert "".join(t for _, t in got) == "0\n1\n2\n" and {s for s, _ in got} == {"stdout"}
     env.close()
+
+
+def test_one_poller_per_remote_job_feeds_its_subscribers_and_its_output(daemon):
+    env = RemoteEnvironment("one-poller", port=daemon.port, token=daemon.token, config={"forward_output": False})
+    env.from_source(Ticks, 0.01).map(lambda x: print(f"tick {x}") or x).sink(lambda x: None)
+    job = env.submit(autostop=True, block=False)
+    states: list[JobState] = []
+    printed = threading.Event()
+    job.subscribe(lambda s: states.append(s.state))
+    job.forward_output(lambda stream, text: printed.set())
+    assert printed.wait(30)
+    threads = [t.name for t in threading.enumerate() if t.name.startswith(f"sage-remote:{job.job_id}")]
+    assert threads == [f"sage-remote:{job.job_id}:poll"]
+    assert job.stop() is JobState.STOPPED
+    deadline = time.monotonic() + 30
+    while (not states or states[-1] is not JobState.STOPPED) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert states[0] is JobState.RUNNING and states[-1] is JobState.STOPPED
+    job.close()

@@ -13,7 +13,7 @@ from .datastream import DataStream
 from .resolve import display_name, resolve_batch_source, resolve_unbounded_source
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..jobmanager.client import RemoteJobHandle
+    from ..jobmanager.remote_handle import RemoteJobHandle
 
 BACKENDS = ("thread", "ray")
 

@@ -10,8 +10,9 @@ import dataclasses
 import os
 from typing import Any, Callable
 
-from ..jobmanager.client import JobManagerClient, RemoteJobHandle, default_output
 from ..jobmanager.protocol import DEFAULT_HEARTBEAT_TIMEOUT_S, DEFAULT_PORT, TOKEN_ENV, JobOptions, encode_submission
+from ..jobmanager.remote_handle import RemoteJobHandle
+from ..jobmanager.transport import JobManagerClient, default_output
 from ..runtime.graph import ServiceSpec
 from ..runtime.job import JobStatus, status_from_dict
 from ..runtime.policy import CleanupPolicy
