@@ -5,8 +5,10 @@
 
 Figures: pipeline throughput as a fraction of a plain Python loop making the same calls
 (target >= 0.5), autostop latency with 3 services (target median < 20 ms), service calls
-per second from a map (target > 1,000,000), RSS growth over 3,000,000 records through a
-slow sink (target < 150 MB), and, with SAGE_PEER_PYTHON set, the same figures from upstream
+per second from a map (target > 1,000,000), a map calling `self.call_service["acc"].add(x)`
+per record as a fraction of a plain loop making the same calls directly (target >= 0.5),
+RSS growth over 3,000,000 int records and over 300 records of 1 MB through a slow sink
+(target < 150 MB each), and, with SAGE_PEER_PYTHON set, the same figures from upstream
 SAGE (`benchmarks/peer_sage.py`, run in that interpreter).
 """
 
@@ -122,9 +124,103 @@ def service_calls(n: int) -> dict:
     return {"service_calls_per_s": n / dt}
 
 
+class Acc(BaseService):
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def add(self, x):
+        self.total += x
+        return x
+
+
+class AddViaService(MapFunction):
+    def execute(self, data):
+        return self.call_service["acc"].add(data)
+
+
+class AddDirectly(MapFunction):
+    def __init__(self, acc: Acc) -> None:
+        super().__init__()
+        self.acc = acc
+
+    def execute(self, data):
+        return self.acc.add(data)
+
+
+def ignore(x) -> None:
+    pass
+
+
+def service_call_path(n: int, runs: int = 3) -> dict:
+    """The same map and sink, once as a plain loop calling the service object directly, once
+    as a pipeline calling it through `call_service`; best of `runs`, interleaved."""
+    loops, pipes = [], []
+    for _ in range(runs):
+        direct = AddDirectly(Acc())
+        t0 = time.perf_counter()
+        for x in range(n):
+            ignore(direct.execute(x))
+        loops.append(time.perf_counter() - t0)
+        env = LocalEnvironment("service_path")
+        env.register_service("acc", Acc)
+        env.from_batch(range(n)).map(AddViaService).sink(ignore)
+        t0 = time.perf_counter()
+        env.submit(autostop=True)
+        pipes.append(time.perf_counter() - t0)
+        assert env.job.status().service("acc").calls == n
+    return {"service_path_records_per_s": n / min(pipes), "service_path_direct_loop_records_per_s": n / min(loops),
+            "service_path_vs_loop": min(loops) / min(pipes)}
+
+
 class SlowSink(SinkFunction):
     def execute(self, data):
         sum(range(150))  # slower than the source, so backpressure has to hold memory flat
+
+
+class SlowBigSink(SinkFunction):
+    def execute(self, data):
+        time.sleep(0.003)  # far slower than the source makes 1 MB records
+
+
+def big_records(n: int):
+    for i in range(n):
+        yield bytes([i % 256]) * 2**20  # a fresh 1 MB object each
+
+
+def memory_big(n: int) -> dict:
+    """RSS growth while `n` records of 1 MB each queue ahead of a slow sink."""
+    growth, dt = _peak_rss_growth(lambda env: env.from_batch(big_records, n).map(Same, parallelism=2)
+                                  .sink(SlowBigSink))
+    return {"memory_big_records": n, "memory_big_rss_growth_mb": growth, "memory_big_records_per_s": n / dt}
+
+
+class Same(MapFunction):
+    def execute(self, data):
+        return data
+
+
+def _peak_rss_growth(build) -> tuple[float, float]:
+    proc = psutil.Process()
+    gc.collect()
+    base = proc.memory_info().rss
+    peak = [base]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.01):
+            peak[0] = max(peak[0], proc.memory_info().rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    env = LocalEnvironment("memory_big")
+    build(env)
+    t0 = time.perf_counter()
+    env.submit(autostop=True)
+    dt = time.perf_counter() - t0
+    stop.set()
+    sampler.join()
+    return (peak[0] - base) / 2**20, dt
 
 
 def memory(n: int) -> dict:
@@ -167,14 +263,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="records for the throughput run")
     parser.add_argument("--memory-n", type=int, default=3_000_000)
+    parser.add_argument("--memory-big-n", type=int, default=300, help="records of 1 MB for the memory run")
+    parser.add_argument("--only", default="", help="comma-separated figure groups: throughput, latency, "
+                        "calls, path, memory, memory_big, peer (default: all)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    groups = {
+        "throughput": lambda: throughput(args.n),
+        "latency": autostop_latency,
+        "calls": lambda: service_calls(args.n),
+        "path": lambda: service_call_path(args.n),
+        "memory": lambda: memory(args.memory_n),
+        "memory_big": lambda: memory_big(args.memory_big_n),
+        "peer": peer,
+    }
+    chosen = [g for g in args.only.split(",") if g] or list(groups)
+    unknown = [g for g in chosen if g not in groups]
+    if unknown:
+        parser.error(f"--only: unknown group(s) {', '.join(unknown)}; use {', '.join(groups)}")
     figures: dict = {}
-    figures.update(throughput(args.n))
-    figures.update(autostop_latency())
-    figures.update(service_calls(args.n))
-    figures.update(memory(args.memory_n))
-    figures.update(peer())
+    for group in chosen:
+        figures.update(groups[group]())
     if "peer_throughput_stock_records_per_s" in figures:
         figures["vs_peer_stock"] = figures["pipeline_records_per_s"] / figures["peer_throughput_stock_records_per_s"]
         figures["vs_peer_patched"] = (figures["pipeline_records_per_s"]

@@ -10,7 +10,9 @@ Prints `name=value` lines (or one JSON object):
   number of calls in flight;
 - ratio_to_raw: the first over the second;
 - cleanup_latency_ms: from the sink's last record until `wait()` returned, that is until
-  every task actor and the job's service actor were cleaned, killed and seen dead.
+  every task actor and the job's service actor were cleaned, killed and seen dead;
+- service_calls_per_s, service_call_ms: a map actor calling `self.call_service["acc"].add(x)`
+  on a service actor once per record (each call a Ray actor round trip), measured in the map.
 Targets: >= 100,000 records/s, ratio >= 0.5, cleanup latency < 500 ms.
 """
 
@@ -110,10 +112,54 @@ def pipeline_run(n: int) -> tuple[float, float]:
     return n / (last - start), done - last
 
 
+def service_call_run(n: int) -> float:
+    """Calls/s of a map actor calling a service actor once per record, timed in the map."""
+    from sage_jupyter import BaseService, LocalEnvironment, MapFunction
+    from sage_jupyter.runtime.dispatcher import Dispatcher
+    from sage_jupyter.runtime.graph import ServiceSpec
+
+    class Acc(BaseService):
+        def __init__(self) -> None:
+            super().__init__()
+            self.total = 0
+
+        def add(self, x: int) -> int:
+            self.total += x
+            return x
+
+    class AddViaService(MapFunction):
+        def __init__(self) -> None:
+            super().__init__()
+            self.count, self.first, self.last = 0, 0.0, 0.0
+
+        def execute(self, data: int) -> int:
+            if self.count == 1:  # the first call also finds the actor: time from the second on
+                self.first = time.perf_counter()
+            out = self.call_service["acc"].add(data)
+            self.count += 1
+            self.last = time.perf_counter()
+            return out
+
+        def close(self) -> None:
+            print(f"calls_per_s={(self.count - 2) / (self.last - self.first)!r}")
+
+    env = LocalEnvironment("bench_ray_calls", backend="ray")
+    env.from_batch(range(n)).map(AddViaService).sink(lambda x: None)
+    lines: list[str] = []
+    job = Dispatcher("bench_ray_calls", env._graph, [ServiceSpec("acc", Acc, (), {}, True)], backend="ray",
+                     autostop=True, output=lambda stream, text: lines.append(text))
+    job.start()
+    job.wait()
+    assert job.snapshot().service("acc").calls == n and job.cleanup_report.ok, job.cleanup_report
+    fields = dict(kv.split("=") for kv in "".join(lines).split() if "=" in kv)
+    return float(fields["calls_per_s"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=2, help="runs of each; the best is kept")
+    parser.add_argument("--calls", type=int, default=3000, help="records of the service-call run")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
@@ -128,12 +174,13 @@ def main() -> int:
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20,
                  log_to_driver=False, configure_logging=False)
     ensure_ray()
-    raw, rates, latencies = [], [], []
+    raw, rates, latencies, calls = [], [], [], []
     for _ in range(args.repeat):
         raw.append(raw_rate(ray, args.records, BATCH, INFLIGHT_PER_LINK))
         rate, latency = pipeline_run(args.records)
         rates.append(rate)
         latencies.append(latency)
+        calls.append(service_call_run(args.calls))
     figures = {
         "records": args.records,
         "pipeline_records_per_s": round(max(rates)),
@@ -141,6 +188,8 @@ def main() -> int:
         "ratio_to_raw": round(max(rates) / max(raw), 3),
         "cleanup_latency_ms": round(1000 * min(latencies), 1),
         "cleanup_latency_ms_worst": round(1000 * max(latencies), 1),
+        "service_calls_per_s": round(max(calls)),
+        "service_call_ms": round(1000 / max(calls), 3),
     }
     if args.json:
         print(json.dumps(figures))

@@ -14,8 +14,9 @@ from .api import (BaseEnvironment, BaseFunction, BaseService, BatchFunction, Dat
                   SourceFunction)
 from .api import BaseCoMapFunction, BaseJoinFunction, ConnectedStreams
 from .runtime.errors import PipelineError, ServiceCallError
-from .runtime.job import (CleanupReport, JobHandle, JobState, JobStatus, ServiceCleanup, ServiceState,
-                          ServiceStatus, TaskState, TaskStatus)
+from .runtime.handle import JobHandle
+from .runtime.job import (CleanupReport, JobState, JobStatus, ServiceCleanup, ServiceState, ServiceStatus, TaskState,
+                          TaskStatus)
 from .runtime.policy import CleanupPolicy
 
 try:  # the one version lives in labextension/package.json; the installed metadata carries it

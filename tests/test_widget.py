@@ -9,7 +9,8 @@ import pytest
 
 from sage_jupyter import BaseService, LocalEnvironment, MapFunction, PipelineError, SourceFunction
 from sage_jupyter.jupyter import JobWidget, templates
-from sage_jupyter.runtime.job import JobHandle, status_from_dict
+from sage_jupyter.runtime.handle import JobHandle
+from sage_jupyter.runtime.job import status_from_dict
 
 VIEW_MIME = "application/vnd.jupyter.widget-view+json"
 

@@ -29,7 +29,7 @@ class DataStream:
         if self._stage.kind == "sink":
             raise ValueError(f"{kind}() after sink(): a sink ends its stream; add stages before the sink")
         check_parallelism(kind, parallelism)
-        factory, call = resolve_function(kind, fn, args, kwargs)
+        factory, call = resolve_function(kind, fn, args, kwargs, parallelism)
         stage = self._env._add_stage(kind, display_name(fn), factory, call, parallelism,
                                      upstream=(self._stage.id,), partition=self._partition,
                                      key_factory=self._key_factory, user_object=fn)
@@ -58,6 +58,9 @@ class DataStream:
         `function(record)`; the record itself is what that stage receives.
         strategy: "hash" (by key), "broadcast" (every instance gets every record) or
         "round_robin"."""
+        if self._stage.kind == "sink":
+            raise ValueError("keyby() after sink(): a sink ends its stream, so the key would route nothing; "
+                             "put keyby before the stage it partitions")
         if strategy not in STRATEGIES:
             raise ValueError(f"keyby(strategy={strategy!r}): use one of {', '.join(STRATEGIES)}")
         factory, call = resolve_function("keyby", function, args, kwargs)

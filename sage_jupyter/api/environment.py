@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..runtime.dispatcher import Dispatcher
 from ..runtime.extras import require_extra
 from ..runtime.graph import PipelineGraph, ServiceSpec, StageSpec
-from ..runtime.job import JobHandle
+from ..runtime.handle import JobHandle
 from ..runtime.policy import CleanupPolicy
 from .datastream import DataStream
 from .resolve import display_name, resolve_batch_source, resolve_unbounded_source
@@ -41,6 +41,8 @@ class BaseEnvironment(UpstreamEnvironment):
             raise TypeError(f"config must be a dict, got {type(config).__name__}")
         self.name = name
         self.config: dict[str, Any] = dict(config or {})
+        if "cleanup" in self.config:  # a bad policy is refused here, not at submit
+            as_policy(self.config["cleanup"], "config['cleanup']")
         self._graph = PipelineGraph()
         self._services: dict[str, ServiceSpec] = {}
         self._job: JobHandle | RemoteJobHandle | None = None  # RemoteEnvironment's is remote
@@ -57,6 +59,11 @@ class BaseEnvironment(UpstreamEnvironment):
         if not inspect.isclass(service_class):
             raise TypeError(
                 f"register_service({name!r}, ...): pass the service class, not {type(service_class).__name__}"
+            )
+        if getattr(service_class, "__dictoffset__", 1) == 0:  # dict, int, __slots__ classes: no self.ctx
+            raise TypeError(
+                f"register_service({name!r}, {service_class.__name__}): its instances cannot take attributes, "
+                "so the runtime cannot attach self.ctx; pass a BaseService subclass (or a plain class)"
             )
         self._check_not_submitted("register_service")
         self._services[name] = ServiceSpec(name, service_class, args, kwargs, bool(remote))

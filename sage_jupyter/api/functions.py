@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import logging
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, overload
 
 from ..runtime.context import RuntimeContext
 from ..runtime.errors import ServiceCallError
@@ -19,6 +19,31 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..runtime.services import ServiceCaller
 
 _detached_logger = logging.getLogger("sage_jupyter.user")
+
+
+class _ServiceAccess:
+    """`self.call_service["cache"].get(k)` or `self.call_service("cache", k, method="get")`.
+
+    A non-data descriptor: the runtime stores the job's caller in the instance when it
+    attaches the context, so per-record calls find it as a plain attribute."""
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _ServiceAccess: ...
+
+    @overload
+    def __get__(self, obj: _Servicing, owner: type | None = None) -> ServiceCaller: ...
+
+    def __get__(self, obj: _Servicing | None, owner: type | None = None) -> _ServiceAccess | ServiceCaller:
+        if obj is None:
+            return self
+        ctx = obj.ctx
+        if ctx is None or ctx.services is None:
+            raise ServiceCallError(
+                f"{type(obj).__name__} is not running inside a sage_jupyter job; "
+                "services can be called only from functions and services of a submitted job"
+            )
+        services: ServiceCaller = ctx.services
+        return services
 
 
 class _Servicing:
@@ -53,16 +78,7 @@ class _Servicing:
     def name(self, value: str) -> None:
         self._name = value
 
-    @property
-    def call_service(self) -> ServiceCaller:
-        """`self.call_service["cache"].get(k)` or `self.call_service("cache", k, method="get")`."""
-        ctx = self.ctx
-        if ctx is None or ctx.services is None:
-            raise ServiceCallError(
-                f"{type(self).__name__} is not running inside a sage_jupyter job; "
-                "services can be called only from functions and services of a submitted job"
-            )
-        return ctx.services
+    call_service = _ServiceAccess()
 
     def call_service_async(self, name: str, *args: Any, method: str | None = "process", **kwargs: Any) -> Future[Any]:
         """Like `call_service(...)` but returns a `concurrent.futures.Future` at once."""

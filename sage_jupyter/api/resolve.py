@@ -3,6 +3,7 @@ with clear errors at declaration time rather than tracebacks from a worker threa
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 from typing import Any, Callable
@@ -32,25 +33,28 @@ def check_parallelism(method: str, parallelism: Any) -> int:
     return parallelism
 
 
-def resolve_function(kind: str, fn: Any, args: tuple[Any, ...],
-                     kwargs: dict[str, Any]) -> tuple[Callable[[], Any], str]:
+def resolve_function(kind: str, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                     parallelism: int = 1) -> tuple[Callable[[], Any], str]:
     """Return (factory, call style) for an operator or key function."""
     expected = EXPECTED[kind]
-    if inspect.isclass(fn):
+    if inspect.isclass(fn) and (issubclass(fn, BaseFunction) or hasattr(fn, "execute")):
         if issubclass(fn, expected):
             check_concrete(kind, fn)
             return functools.partial(fn, *args, **kwargs), "method"
         what = (f"a {_base_of(fn).__name__} subclass" if issubclass(fn, BaseFunction)
-                else "a class that is not a SAGE function")
+                else "a class that is not a SAGE function (it defines execute())")
         raise TypeError(
             f"{kind}({fn.__name__}): {fn.__name__} is {what}; pass a {expected.__name__} "
             "subclass or a plain function"
         )
+    # Any other class (str, int, a dataclass...) is a plain callable applied to each record.
     if isinstance(fn, BaseFunction):
         if not isinstance(fn, expected):
             raise TypeError(f"{kind}() got a {_base_of(type(fn)).__name__} instance; pass a {expected.__name__}")
         if args or kwargs:
             raise TypeError(f"{kind}() got a function instance and constructor arguments; pass the class")
+        if parallelism > 1:
+            return _copies_of(kind, fn, parallelism), "method"
         return (lambda: fn), "method"
     if callable(fn):
         if args or kwargs:
@@ -67,6 +71,33 @@ def check_concrete(method: str, cls: type) -> None:
     missing = sorted(getattr(cls, "__abstractmethods__", ()))
     if missing:
         raise TypeError(f"{method}({cls.__name__}): {cls.__name__} does not define {', '.join(missing)}")
+
+
+def _copies_of(kind: str, fn: BaseFunction, parallelism: int) -> Callable[[], Any]:
+    """Each parallel instance gets its own deep copy of the user's instance (as Flink
+    serialises one per subtask); the user's object stays untouched, a template."""
+    try:
+        _copy(fn)
+    except Exception as exc:  # noqa: BLE001 - any failure means it cannot be copied
+        name = type(fn).__name__
+        raise TypeError(
+            f"{kind}({name}(), parallelism={parallelism}): each parallel instance needs its own copy of the "
+            f"{name} instance, but it cannot be copied ({type(exc).__name__}: {exc}); pass the class "
+            f"{name} (with its constructor arguments) instead, or use parallelism=1"
+        ) from None
+
+    return lambda: _copy(fn)
+
+
+def _copy(fn: BaseFunction) -> BaseFunction:
+    # A context from an earlier run holds locks and services: a copy starts without one.
+    memo: dict[int, Any] = {id(fn.ctx): None} if fn.ctx is not None else {}
+    cached = fn.__dict__.get("call_service")  # set with the context, see attach_context
+    if cached is not None:
+        memo[id(cached)] = None
+    copied: BaseFunction = copy.deepcopy(fn, memo)
+    copied.__dict__.pop("call_service", None)
+    return copied
 
 
 def _bind_extra(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[[Any], Any]:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..runtime import registry
-from ..runtime.job import JobHandle, JobStatus
+from ..runtime.handle import JobHandle
+from ..runtime.job import JobStatus
 from . import templates
 from .widget import JobWidget
 

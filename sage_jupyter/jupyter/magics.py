@@ -111,7 +111,7 @@ def stopped_line(name: str, handle: Any, why: str) -> str:
     if report.ok and all(c.cleaned for c in report.services):
         return f"job {name!r} {why}: {state}, services cleaned in {templates.ms(report.duration_s)}"
     bad = "; ".join(f"{c.name}: {c.describe()}" for c in report.services if not c.cleaned)
-    return f"job {name!r} {why}: {state}, cleanup incomplete ({bad or 'tasks left running'})"
+    return f"job {name!r} {why}: {state}, cleanup incomplete ({bad or 'tasks or service calls left running'})"
 
 
 def _stop_quietly(handle: Any, timeout: float) -> None:

@@ -176,6 +176,9 @@ def cleanup_html(report: CleanupReport | None) -> str:
     left = ""
     if report.tasks_left_running:
         left = f'<div>{badge("FAILED", "tasks still running")} {esc(", ".join(report.tasks_left_running))}</div>'
+    if report.calls_left_running:
+        left += (f'<div>{badge("FAILED", "service calls still running")} '
+                 f'{esc(", ".join(report.calls_left_running))}</div>')
     return head + table + left
 
 
@@ -229,6 +232,8 @@ def job_text(s: JobStatus) -> str:
         verdict = cleanup_verdict(r)[1]
         lines.append(f"  cleanup ({r.reason}): {verdict} in {ms(r.duration_s)}")
         lines.extend(f"    {c.name}: {c.describe()}" for c in r.services)
+        if r.calls_left_running:
+            lines.append(f"    service calls still running: {', '.join(r.calls_left_running)}")
     return "\n".join(lines)
 
 

@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 import ipywidgets as widgets
 
-from ..runtime.job import JobHandle, JobStatus
+from ..runtime.handle import JobHandle
+from ..runtime.job import JobStatus
 from . import templates
 from .output import JobOutput
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
@@ -31,6 +32,16 @@ class RuntimeContext:
     @property
     def index(self) -> int:
         return self.parallel_index
+
+
+def attach_context(obj: Any, ctx: RuntimeContext) -> None:
+    """Give a function or service instance its context. Where `call_service` is a non-data
+    descriptor (the SAGE base classes), the instance gets the job's caller as a plain
+    attribute, so the per-record `self.call_service[...]` skips a property call."""
+    obj.ctx = ctx
+    access = inspect.getattr_static(type(obj), "call_service", None)
+    if ctx.services is not None and access is not None and not hasattr(access, "__set__"):
+        obj.__dict__["call_service"] = ctx.services
 
 
 def make_logger(job_name: str, name: str) -> logging.Logger:

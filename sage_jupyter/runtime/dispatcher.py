@@ -109,7 +109,7 @@ class Dispatcher:
         self._spawn(self._start, "start")
 
     def _spawn(self, target: Callable[[], None], role: str) -> None:
-        thread = spawn(target, f"sage:{self.name}:{role}", self._output, start=False)
+        thread = spawn(target, f"sage:{self.name}:{role}", self._output, start=False, job=self.job_id)
         with self._lock:  # started under the lock: wait() never sees (and joins) an unstarted helper
             self._helpers.append(thread)
             thread.start()
@@ -232,6 +232,8 @@ class Dispatcher:
         self._publish()
         t0 = time.perf_counter()
         left = self.backend.join(self.policy.kill_timeout)
+        if self._executor is not None:  # timed-out and async service calls end before cleanup() runs
+            self._executor.wait_idle(self.policy.graceful_timeout)
         reports: list[ServiceCleanup] = []
         for host in reversed(self._started_hosts):
             try:
@@ -241,15 +243,14 @@ class Dispatcher:
                 failed = HookOutcome("error", 0.0, f"{type(exc).__name__}: {exc}")
                 reports.append(ServiceCleanup(host.name, host.kind, failed, failed))
             self._publish()
-        if self._executor is not None:
-            self._executor.shutdown(self.policy.kill_timeout)
+        calls_left = self._executor.shutdown(self.policy.kill_timeout) if self._executor is not None else []
         if self.error is not None:
             final, reason = JobState.FAILED, "failed"
         elif self._stop_requested.is_set():
             final, reason = JobState.STOPPED, "stopped"
         else:
             final, reason = JobState.FINISHED, "finished"
-        report = CleanupReport(tuple(reports), reason, tuple(left), time.perf_counter() - t0)
+        report = CleanupReport(tuple(reports), reason, tuple(left), time.perf_counter() - t0, tuple(calls_left))
         with self._lock:
             self.cleanup_report = report
             self.ended_at = time.time()
@@ -265,12 +266,15 @@ class Dispatcher:
 
     def wait(self, timeout: float | None = None, raise_on_failure: bool = True,
              until_terminal: bool = False) -> JobState:
+        deadline = None if timeout is None else time.monotonic() + timeout
         terminal_only = until_terminal or self.autostop or self._stop_requested.is_set()
         event = self._done if terminal_only else self._tasks_done  # _finalize sets both
         if not event.wait(timeout):
-            raise TimeoutError(f"job {self.name!r} did not end within {timeout:g} s (state {self.state.value})")
+            raise self._timeout(timeout)
         if not terminal_only and not self._done.is_set() and self.error is not None:
-            self._done.wait(timeout)  # a failure always runs cleanup; report after it
+            # a failure always runs cleanup: report after it, within what is left of the timeout
+            if not self._done.wait(None if deadline is None else max(0.0, deadline - time.monotonic())):
+                raise self._timeout(timeout)
         if self._done.is_set():  # helpers are returning: leave no thread behind
             with self._lock:
                 helpers = [t for t in (self._finalizer, *self._helpers) if t is not None]
@@ -278,6 +282,9 @@ class Dispatcher:
         if raise_on_failure and self.state is JobState.FAILED and self.error is not None:
             raise PipelineError(self.error, self.name)
         return self.state
+
+    def _timeout(self, timeout: float | None) -> TimeoutError:
+        return TimeoutError(f"job {self.name!r} did not end within {timeout:g} s (state {self.state.value})")
 
     def snapshot(self) -> JobStatus:
         return JobStatus(

@@ -25,6 +25,9 @@ class DaemonExecutor:
         self._threads: list[threading.Thread] = []
         self._idle = 0
         self._lock = threading.Lock()
+        self._settled = threading.Condition(self._lock)  # notified whenever a call ends
+        self._pending = 0  # calls queued or running
+        self._running: dict[int, str] = {}  # worker thread id -> label of the call it runs
         self._shutdown = False
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
@@ -32,6 +35,7 @@ class DaemonExecutor:
         with self._lock:
             if self._shutdown:
                 raise RuntimeError(f"{self._name}: the job has ended; no more service calls")
+            self._pending += 1
             self._work.put((future, fn, args, kwargs))
             if self._idle == 0 and len(self._threads) < self._max_workers:
                 self._threads.append(spawn(self._worker, f"{self._name}-{len(self._threads)}"))
@@ -47,20 +51,48 @@ class DaemonExecutor:
             if item is _STOP:
                 return
             future, fn, args, kwargs = item
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn(*args, **kwargs))
-                except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                    future.set_exception(exc)
+            me = threading.get_ident()
+            with self._lock:
+                self._running[me] = str(getattr(fn, "label", None) or getattr(fn, "__name__", "a call"))
+            try:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn(*args, **kwargs))
+                    except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                        future.set_exception(exc)
+            finally:
+                with self._lock:
+                    del self._running[me]
+                    self._pending -= 1
+                    self._settled.notify_all()
+
+    def running(self) -> list[str]:
+        """Labels of the calls running now (a caller that timed out does not end its call)."""
+        with self._lock:
+            return sorted(self._running.values())
+
+    def wait_idle(self, timeout: float) -> list[str]:
+        """Wait until no call is queued or running, at most `timeout`; return what still runs."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._settled.wait(left)
+            return sorted(self._running.values())
 
     def shutdown(self, timeout: float) -> list[str]:
-        """Stop the workers; return the names of threads still busy after `timeout`."""
+        """Stop the workers; return the labels of calls still running after `timeout`."""
         with self._lock:
             self._shutdown = True
             threads = list(self._threads)
         for _ in threads:
             self._work.put(_STOP)
-        return join_all(threads, timeout)
+        join_all(threads, timeout)
+        return self.running()
 
 
 def join_all(threads: list[threading.Thread], timeout: float) -> list[str]:

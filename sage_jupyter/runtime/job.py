@@ -1,18 +1,17 @@
-"""The one job-status model: states, immutable snapshots, the cleanup report and the handle.
+"""The one job-status model, data only: states, immutable snapshots and the cleanup report.
 
 Every view (widget, magics, sidebar comm, JobManager protocol) reads `JobStatus` snapshots
-made here; none keeps a copy of state of its own.
+made here; none keeps a copy of state of its own. `JobStatus.to_dict`/`JobStatus.from_dict`
+is the one serializer, shared with the wire. The handle lives in `handle.py`.
 """
 
 from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .dispatcher import Dispatcher
+from typing import Any
 
 
 class JobState(str, enum.Enum):
@@ -108,7 +107,9 @@ class StageInfo:
 
 @dataclass(frozen=True)
 class HookOutcome:
-    """What happened when one cleanup hook ran: ok, error, timeout or skipped."""
+    """What happened when one hook ran: ok, error, timeout or skipped; for a `setup()` or
+    `start()` still running when the job stopped, "late" (it returned, then cleanup ran)
+    or "timeout" (still running: left running, no hook runs after it)."""
 
     outcome: str
     duration_s: float = 0.0
@@ -122,7 +123,8 @@ class HookOutcome:
 @dataclass(frozen=True)
 class ServiceCleanup:
     """Cleanup of one service: its `stop()` and `cleanup()` hooks and, for a Ray actor,
-    whether the actor was killed."""
+    whether the actor was killed. `setup` is set only when the stop came while `setup()`
+    or `start()` still ran."""
 
     name: str
     kind: str
@@ -130,12 +132,14 @@ class ServiceCleanup:
     cleanup: HookOutcome
     killed: bool | None = None  # None: not an actor
     duration_s: float = 0.0
+    setup: HookOutcome | None = None  # set when a stop came while setup() or start() ran
     start_error: str | None = None  # what setup() or start() raised: the service FAILED
 
     @property
     def ok(self) -> bool:
-        """Its cleanup went well (hooks ran, actor killed)."""
-        return self.stop.ok and self.cleanup.ok and self.killed is not False
+        """Its cleanup went well (hooks ran, actor killed, no start hook overran the stop)."""
+        overran = self.setup is not None and self.setup.outcome != "late"
+        return self.stop.ok and self.cleanup.ok and self.killed is not False and not overran
 
     @property
     def cleaned(self) -> bool:
@@ -144,8 +148,10 @@ class ServiceCleanup:
 
     def describe(self) -> str:
         if self.cleaned:
-            return "ok"
+            return "ok" if self.setup is None else f"ok ({self.setup.error})"
         parts = [f"failed to start: {self.start_error}"] if self.start_error else []
+        if self.setup is not None and self.setup.error:
+            parts.append(self.setup.error)
         for hook, res in (("stop", self.stop), ("cleanup", self.cleanup)):
             if not res.ok:
                 parts.append(f"{hook}() {res.outcome}" + (f": {res.error}" if res.error else ""))
@@ -162,10 +168,11 @@ class CleanupReport:
     reason: str  # "finished", "stopped" or "failed"
     tasks_left_running: tuple[str, ...] = ()
     duration_s: float = 0.0
+    calls_left_running: tuple[str, ...] = ()  # service calls (timed out or async) still running
 
     @property
     def ok(self) -> bool:
-        return all(s.ok for s in self.services) and not self.tasks_left_running
+        return all(s.ok for s in self.services) and not self.tasks_left_running and not self.calls_left_running
 
     def __getitem__(self, name: str) -> ServiceCleanup:
         for s in self.services:
@@ -228,8 +235,13 @@ class JobStatus:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (enums as strings), for comms and the wire."""
-        snapshot: dict[str, Any] = _jsonable(asdict(self))
-        return snapshot
+        result: dict[str, Any] = _jsonable(asdict(self))
+        return result
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> JobStatus:
+        """Inverse of `to_dict`, used by the JobManager client."""
+        return status_from_dict(d)
 
 
 def _jsonable(value: Any) -> Any:
@@ -275,12 +287,14 @@ def status_from_dict(d: dict[str, Any]) -> JobStatus:
         if not report
         else CleanupReport(
             services=tuple(
-                ServiceCleanup(**{**s, "stop": hook(s["stop"]), "cleanup": hook(s["cleanup"])})
+                ServiceCleanup(**{**s, "stop": hook(s["stop"]), "cleanup": hook(s["cleanup"]),
+                                  "setup": hook(s["setup"]) if s.get("setup") else None})
                 for s in report["services"]
             ),
             reason=report["reason"],
             tasks_left_running=tuple(report.get("tasks_left_running", ())),
             duration_s=report.get("duration_s", 0.0),
+            calls_left_running=tuple(report.get("calls_left_running", ())),
         ),
         location=d.get("location", "local"),
         taken_at=d.get("taken_at", time.time()),
@@ -290,71 +304,10 @@ def status_from_dict(d: dict[str, Any]) -> JobStatus:
 StatusListener = Callable[[JobStatus], None]
 
 
-class JobHandle:
-    """What `submit()` returns: wait for, stop and observe one job.
+def __getattr__(name: str) -> Any:
+    # `from sage_jupyter.runtime.job import JobHandle` predates handle.py; import lazily (no circle).
+    if name == "JobHandle":
+        from .handle import JobHandle
 
-    A thin view over the dispatcher that runs the job; all state lives there.
-    """
-
-    def __init__(self, dispatcher: "Dispatcher") -> None:
-        self._dispatcher = dispatcher
-
-    @property
-    def job_id(self) -> str:
-        return self._dispatcher.job_id
-
-    @property
-    def name(self) -> str:
-        return self._dispatcher.name
-
-    @property
-    def state(self) -> JobState:
-        return self._dispatcher.state
-
-    @property
-    def done(self) -> bool:
-        return self._dispatcher.state.terminal
-
-    @property
-    def cleanup_report(self) -> CleanupReport | None:
-        """The report of the last cleanup, or None while services have not been cleaned."""
-        return self._dispatcher.cleanup_report
-
-    @property
-    def error(self) -> ErrorInfo | None:
-        return self._dispatcher.error
-
-    def status(self) -> JobStatus:
-        return self._dispatcher.snapshot()
-
-    def wait(self, timeout: float | None = None) -> JobState:
-        """Block until the job ended and its services were cleaned; return the final state.
-
-        Raises `PipelineError` if the job failed and `TimeoutError` if `timeout` passed.
-        A job submitted without autostop returns once all its tasks ended: its services
-        stay up (state RUNNING) until `stop()`.
-        """
-        return self._dispatcher.wait(timeout)
-
-    def stop(self, wait: bool = True, timeout: float | None = None) -> JobState:
-        """Stop gracefully: sources stop, in-flight records drain within the graceful
-        timeout, then services are cleaned. With `wait=False` return at once."""
-        self._dispatcher.request_stop()
-        if wait:
-            try:
-                return self._dispatcher.wait(timeout, raise_on_failure=False, until_terminal=True)
-            except TimeoutError:
-                return self._dispatcher.state
-        return self._dispatcher.state
-
-    def subscribe(self, listener: StatusListener) -> Callable[[], None]:
-        """Call `listener(snapshot)` now and on every state change (not per record); returns
-        an unsubscribe function. Listeners run on runtime threads and must be quick."""
-        return self._dispatcher.subscribe(listener)
-
-    def __repr__(self) -> str:
-        s = self.status()
-        return (
-            f"<JobHandle {s.name!r} id={s.job_id} state={s.state.value} backend={s.backend} "
-            f"tasks={len(s.tasks)} services={len(s.services)}>"
-        )
+        return JobHandle
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

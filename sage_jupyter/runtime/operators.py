@@ -11,12 +11,13 @@ import time
 import zlib
 from typing import Any, Callable, Iterable, NoReturn
 
-from .channels import END
-from .context import RuntimeContext
+from .channels import END, batch_bytes
+from .context import RuntimeContext, attach_context
 from .graph import StageSpec
 from .plan import ChainSpec, EdgeSpec
 
 MAX_BATCH = 1024
+MAX_BATCH_BYTES = 2 * 2**20  # large records make small batches: memory does not grow with record size
 # A source batch is sent on as soon as it took this long to fill, so slow sources keep
 # low latency while fast ones reach full batches.
 FAST_BATCH_S = 0.002
@@ -62,7 +63,7 @@ class Operator:
         self.closed = False
         built = stage.factory()
         if stage.call == "method":
-            built.ctx = ctx
+            attach_context(built, ctx)
             self.obj, self.fn = built, built.execute
         else:  # "plain": the callable itself; "iter": the iterable
             self.obj, self.fn = built, built
@@ -168,6 +169,7 @@ class ChainRunner:
         self.ops: list[Operator] = []
         self._steps: list[tuple[Operator, Callable[[list[Any]], list[Any] | None]]] = []
         self.current: Operator | None = None  # the operator running now, for error messages
+        self.routing: str | None = None  # the key function partitioning the output now, likewise
 
     def open(self) -> None:
         """Build every operator (user constructors run here, in the task's worker)."""
@@ -187,6 +189,8 @@ class ChainRunner:
         """Where an exception came from: the operator running or being built."""
         if self.current is not None:
             return self.current.label
+        if self.routing is not None:
+            return self.routing
         return self._opening or (self.ops[-1].label if self.ops else self.chain.labels[0])
 
     def process(self, batch: list[Any]) -> list[Any] | None:
@@ -240,7 +244,10 @@ class ChainRunner:
             if exhausted:
                 return True
             dt = time.perf_counter() - t0
-            if dt < FAST_BATCH_S and size < MAX_BATCH and len(batch) == size:
+            nbytes = batch_bytes(batch)
+            if nbytes > MAX_BATCH_BYTES and size > 1:
+                size //= 2
+            elif dt < FAST_BATCH_S and size < MAX_BATCH and len(batch) == size and 2 * nbytes <= MAX_BATCH_BYTES:
                 size *= 2
             elif dt > SLOW_BATCH_S and size > 1:
                 size //= 2
@@ -255,7 +262,7 @@ class ChainRunner:
 
         Returns True if a stop request ended it early. The caller forwards end markers.
         """
-        send = fan_out(routes)
+        send = self._blaming(fan_out(routes), routes)
         stopped = False
         if self.chain.is_source:
             stopped = not self.run_source(should_stop, wait_stop, send)
@@ -274,17 +281,44 @@ class ChainRunner:
         return stopped
 
     def close(self) -> None:
-        """Close every operator in chain order; the first error is raised after all ran."""
+        """Close every operator in chain order; the first error is raised after all ran,
+        blamed on the operator whose `close()` raised it."""
         first: BaseException | None = None
+        culprit: Operator | None = None
         for op in self.ops:
             self.current = op
             try:
                 op.close()
             except BaseException as exc:  # noqa: BLE001 - re-raised below
-                first = first or exc
-        self.current = None
+                if first is None:
+                    first, culprit = exc, op
+        self.current = culprit
         if first is not None:
             raise first
+
+    def _blaming(self, send: Callable[[list[Any]], None],
+                 routes: list[Callable[[list[Any]], None]]) -> Callable[[list[Any]], None]:
+        """`send`, noting which key function runs while a keyed route partitions a batch."""
+        keyed = [(route, label) for route in routes if (label := getattr(route, "label", None)) is not None]
+        if not keyed:
+            return send
+        if len(routes) == 1:
+            label = keyed[0][1]
+
+            def send_one(batch: list[Any]) -> None:
+                self.routing = label
+                send(batch)
+                self.routing = None
+
+            return send_one
+
+        def send_each(batch: list[Any]) -> None:
+            for route in routes:
+                self.routing = getattr(route, "label", None)
+                route(batch)
+            self.routing = None
+
+        return send_each
 
     def close_quietly(self) -> None:
         for op in self.ops:
@@ -344,12 +378,21 @@ def make_route(edge: EdgeSpec, index: int, put: list[Callable[[Any], None]]) -> 
             for i, bucket in enumerate(buckets):
                 if bucket:
                     put[i](bucket)
+        by_key.label = f"keyby:{_key_name(key)}"  # type: ignore[attr-defined]  # blamed if the key raises
         return by_key
     counter = itertools.count(index)  # rebalance, staggered by producer
 
     def round_robin(batch: list[Any]) -> None:
         put[next(counter) % n](batch)
     return round_robin
+
+
+def _key_name(key: Callable[[Any], Any]) -> str:
+    owner = getattr(key, "__self__", None)  # a KeyByFunction's bound execute
+    if owner is not None and not isinstance(owner, type) and getattr(key, "__name__", "") == "execute":
+        return type(owner).__name__
+    name = getattr(key, "__name__", None) or type(key).__name__
+    return "lambda" if name == "<lambda>" else str(name)
 
 
 def end_targets(edge: EdgeSpec, index: int, n: int) -> range:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -21,8 +22,10 @@ class CleanupPolicy:
     def __post_init__(self) -> None:
         for field_name in ("graceful_timeout", "kill_timeout"):
             value = getattr(self, field_name)
-            if not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"CleanupPolicy.{field_name} must be a number >= 0, got {value!r}")
+            # inf and nan would overflow thread joins or make every hook look timed out
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0:
+                raise ValueError(f"CleanupPolicy.{field_name} must be a finite number >= 0 (seconds), got {value!r}")
 
 
 # At interpreter exit (kernel shutdown) everything must be gone within about 2 s.

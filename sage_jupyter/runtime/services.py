@@ -8,24 +8,23 @@ the dispatcher and `call_service` do not care where a service lives.
 from __future__ import annotations
 
 import abc
-import contextlib
 import dataclasses
 import threading
 import time
 from concurrent.futures import Future
 from typing import Any, Callable
 
-from .context import RuntimeContext
+from .context import RuntimeContext, attach_context
 from .errors import ServiceCallError
 from .executor import DaemonExecutor
 from .graph import ServiceSpec
 from .job import ErrorInfo, HookOutcome, ServiceCleanup, ServiceState, ServiceStatus
 from .policy import CleanupPolicy
+from .service_calls import Bias, make_call
 from .threads import spawn
 from .tracebacks import error_info as error_info  # re-exported: the backends import it from here
 
 
-_NO_LOCK = contextlib.nullcontext()
 
 
 def tag_service_error(exc: BaseException, service: str, method: str) -> None:
@@ -110,25 +109,46 @@ class ServiceHost(abc.ABC):
 
 
 class LocalServiceHost(ServiceHost):
-    """A service living in this process; calls are plain method calls (no queue hop)."""
+    """A service living in this process; calls are plain method calls (no queue hop).
+
+    A stop may come while `setup()` or `start()` still runs (on the job's starter thread):
+    the host then runs no further start hook, waits for the running one within the graceful
+    timeout and cleans up after it, or leaves it running and runs no hook at all after it.
+    """
 
     kind = "thread"
 
     def __init__(self, spec: ServiceSpec) -> None:
         super().__init__(spec)
         self.instance: Any = None
-        self._lock = threading.RLock()  # reentrant: a service may call itself
+        self._bias = Bias(threading.RLock())  # reentrant: a service may call itself
+        self._phase = threading.Lock()  # orders the starter's next hook against a stop
+        self._started = threading.Event()  # start() returned (done, failed or cut short)
+        self._starting_hook = "__init__"  # what start() runs now, for the report
+        self._ending = False  # a stop began: the starter runs no further hook
+        self._ran_start = False
 
     def start(self, ctx: RuntimeContext) -> None:
-        self.state = ServiceState.STARTING
-        self.instance = self.spec.cls(*self.spec.args, **self.spec.kwargs)
-        self.instance.ctx = ctx
-        self.accepting = True  # setup() may already call other services or itself
-        for hook in ("setup", "start"):
-            fn = getattr(self.instance, hook, None)
-            if callable(fn):
+        try:
+            self.state = ServiceState.STARTING
+            self.instance = self.spec.cls(*self.spec.args, **self.spec.kwargs)
+            attach_context(self.instance, ctx)
+            self.accepting = True  # setup() may already call other services or itself
+            for hook in ("setup", "start"):
+                fn = getattr(self.instance, hook, None)
+                if not callable(fn):
+                    continue
+                with self._phase:
+                    if self._ending:
+                        return
+                    self._starting_hook = hook
                 fn()
-        self.state = ServiceState.RUNNING
+                self._ran_start = hook == "start"
+            with self._phase:
+                if not self._ending:  # a stop that gave up on this start owns the state now
+                    self.state = ServiceState.RUNNING
+        finally:
+            self._started.set()
 
     def method(self, method: str) -> Callable[..., Any]:
         bound = getattr(self.instance, method, None)
@@ -136,37 +156,48 @@ class LocalServiceHost(ServiceHost):
             raise ServiceCallError(
                 f"service {self.name!r} ({type(self.instance).__name__}) has no method {method!r}"
             )
-        host = self
-        name = self.name
+        name, host = self.name, self
+
+        def refuse() -> None:
+            raise ServiceCallError(f"service {name!r} is {host.state.value}; it takes no more calls")
+
+        def tag(exc: BaseException) -> None:
+            tag_service_error(exc, name, method)
+
         # One call at a time, like an actor, so service state needs no locks of its own;
         # a service declaring `concurrent_calls = True` takes parallel calls.
-        lock = _NO_LOCK if getattr(self.instance, "concurrent_calls", False) else self._lock
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            if not host.accepting:
-                raise ServiceCallError(f"service {name!r} is {host.state.value}; it takes no more calls")
-            with lock:
-                host.calls += 1
-                try:
-                    return bound(*args, **kwargs)
-                except Exception as exc:
-                    tag_service_error(exc, name, method)
-                    raise
-
-        return call
+        bias = None if getattr(self.instance, "concurrent_calls", False) else self._bias
+        return make_call(bound, self, bias, refuse, tag, f"{name}.{method}()")
 
     def stop_and_cleanup(self, policy: CleanupPolicy) -> ServiceCleanup:
         t0 = time.perf_counter()
+        setup: HookOutcome | None = None
+        skipped = HookOutcome("skipped")
+        if not self._started.is_set():  # the stop came while a start hook ran
+            with self._phase:
+                self._ending = True
+                self.state = ServiceState.STOPPING
+                hook = self._starting_hook
+            if not self._started.wait(policy.graceful_timeout):
+                self.accepting = False
+                self.state = ServiceState.FAILED
+                dt = time.perf_counter() - t0
+                setup = HookOutcome("timeout", dt, f"{hook}() still running {dt:.2g} s after the stop; left running, "
+                                    "no hook runs after it")
+                return ServiceCleanup(self.name, self.kind, skipped, skipped, None, dt, setup)
+            setup = HookOutcome("late", time.perf_counter() - t0,
+                                f"{hook}() was still running at the stop; cleaned after it returned")
         if self.instance is None:  # never built
-            skipped = HookOutcome("skipped")
-            return self.ended(ServiceCleanup(self.name, self.kind, skipped, skipped))
+            return self.ended(ServiceCleanup(self.name, self.kind, skipped, skipped, None, 0.0, setup))
         self.state = ServiceState.STOPPING
-        stop = run_hook(getattr(self.instance, "stop", None), policy.graceful_timeout, f"sage-stop:{self.name}")
+        # stop() undoes start(): skip it when the stop kept start() from running
+        stop_fn = getattr(self.instance, "stop", None) if self._ran_start or setup is None else None
+        stop = run_hook(stop_fn, policy.graceful_timeout, f"sage-stop:{self.name}")
         self.accepting = False
         cleanup = run_hook(
             getattr(self.instance, "cleanup", None), policy.graceful_timeout, f"sage-cleanup:{self.name}"
         )
-        report = ServiceCleanup(self.name, self.kind, stop, cleanup, None, time.perf_counter() - t0)
+        report = ServiceCleanup(self.name, self.kind, stop, cleanup, None, time.perf_counter() - t0, setup)
         return self.ended(report)
 
 
@@ -187,33 +218,30 @@ class ServiceProxy:
         return f"<service {self._host.name!r} ({self._host.kind})>"
 
 
-class ServiceCaller:
+class ServiceCaller(dict[str, "ServiceProxy"]):
     """`self.call_service` in functions and services.
 
     `call_service["cache"].get(key)` or the upstream form
     `call_service("cache", key, method="get", timeout=10)`.
+    A dict of one proxy per service, so `call_service[name]` is a plain dict lookup and each
+    proxy keeps the call function of every method once it was looked up: a call costs one
+    closure, one lock where calls are serialised, and the method itself.
     """
 
     def __init__(self, hosts: dict[str, ServiceHost], executor_factory: Callable[[], DaemonExecutor]) -> None:
+        super().__init__((name, ServiceProxy(host)) for name, host in hosts.items())
         self._hosts = hosts
-        self._proxies: dict[str, ServiceProxy] = {}
         self._executor_factory = executor_factory
 
-    def __getitem__(self, name: str) -> ServiceProxy:
-        proxy = self._proxies.get(name)
-        if proxy is None:
-            host = self._hosts.get(name)
-            if host is None:
-                known = ", ".join(sorted(self._hosts)) or "none"
-                raise ServiceCallError(
-                    f"unknown service {name!r}; registered services: {known} "
-                    "(register it with env.register_service)"
-                )
-            proxy = self._proxies[name] = ServiceProxy(host)
-        return proxy
+    def __missing__(self, name: str) -> ServiceProxy:
+        known = ", ".join(sorted(self._hosts)) or "none"
+        raise ServiceCallError(
+            f"unknown service {name!r}; registered services: {known} (register it with env.register_service)"
+        )
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._hosts
+    # one caller per job, shared by all its functions: equal only to itself
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__  # type: ignore[assignment]
 
     def __call__(self, name: str, *args: Any, method: str | None = "process", timeout: float | None = None,
                  **kwargs: Any) -> Any:
@@ -233,7 +261,8 @@ class ServiceCaller:
         """Run a service call on the job's call pool; returns a `concurrent.futures.Future`."""
         kwargs.pop("timeout", None)  # a Future has its own timeout in .result()
         call = getattr(self[name], method or "process")
-        return self._executor_factory().submit(call, *args, **kwargs)
+        future: Future[Any] = self._executor_factory().submit(call, *args, **kwargs)
+        return future
 
     def names(self) -> list[str]:
         return list(self._hosts)

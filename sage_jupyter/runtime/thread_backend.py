@@ -25,8 +25,9 @@ class ThreadTask:
         self.outputs = outputs  # (edge, consumer channels)
         self.state = TaskState.CREATED
         self.error: ErrorInfo | None = None
-        self.failing: str | None = None  # label of the operator that raised
-        self.thread = spawn(self.run, f"sage:{job.job_name}:{self.name}", job.output, start=False)
+        self.failing: str | None = None  # label of the operator (or key function) that raised
+        self.thread = spawn(self.run, f"sage:{job.job_name}:{self.name}", job.output, start=False,
+                            job=job.job_id)
 
     def run(self) -> None:
         self.state = TaskState.RUNNING
@@ -53,8 +54,10 @@ class ThreadTask:
 
     def statuses(self) -> list[TaskStatus]:
         ops = {op.label: op for op in self.runner.ops}
-        failing = self.failing
         out = []
+        failing = self.failing
+        if failing is not None and failing not in self.chain.labels:  # a key function: shown on the
+            failing = self.chain.labels[-1]  # stage it partitions for
         for label in self.chain.labels:
             op = ops.get(label)
             err = self.error if failing == label else None

@@ -1,7 +1,7 @@
 """Daemon threads that carry their job's output sink.
 
-Every thread the runtime starts for a job inherits the job's `output` callable (stream,
-text), so a thread-aware stdout proxy (installed by the Jupyter layer) can route `print`
+Every thread the runtime starts for a job inherits the job's id and its `output` callable
+(stream, text), so a thread-aware stdout proxy (installed by the Jupyter layer) can route `print`
 from stages and services to the job's own output area instead of the current cell.
 """
 
@@ -17,11 +17,18 @@ def current_output() -> OutputSink | None:
     return getattr(threading.current_thread(), "sage_output", None)
 
 
+def current_job() -> str | None:
+    """The id of the job whose runtime started this thread (directly or not), if any."""
+    job: str | None = getattr(threading.current_thread(), "sage_job", None)
+    return job
+
+
 def spawn(target: Callable[[], None], name: str, output: OutputSink | None = None,
-          start: bool = True) -> threading.Thread:
+          start: bool = True, job: str | None = None) -> threading.Thread:
     thread = threading.Thread(target=target, name=name, daemon=True)
     # The sink rides on the Thread object itself (read back by current_output); Thread declares no such attribute.
     thread.sage_output = output if output is not None else current_output()  # type: ignore[attr-defined]
+    thread.sage_job = job if job is not None else current_job()  # type: ignore[attr-defined]
     if start:
         thread.start()
     return thread
