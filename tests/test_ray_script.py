@@ -15,7 +15,7 @@ import psutil
 SCRIPT = textwrap.dedent("""
     import ray
     from sage_jupyter import LocalEnvironment, MapFunction
-    from sage_jupyter.runtime import ray_support
+    from sage_jupyter.runtime.ray import cluster as ray_support
 
     class Shout(MapFunction):
         def execute(self, x):

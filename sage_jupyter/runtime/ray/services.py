@@ -17,16 +17,19 @@ from typing import Any, Callable
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
-from .context import RuntimeContext, make_logger
-from .errors import ServiceCallError
-from .executor import DaemonExecutor
-from .graph import ServiceSpec
-from .job import HookOutcome, ServiceCleanup, ServiceState, ServiceStatus
-from .policy import CleanupPolicy
-from .ray_support import (NAMESPACE, actor_name, capture_output, deliver_output, dumps, ensure_ray,
-                          kill_actor, loads, wait_dead)
-from .services import ServiceCaller, ServiceHost, run_hook, tag_service_error
-from .threads import OutputSink, current_output
+from ..context import RuntimeContext, make_logger
+from ..errors import ServiceCallError
+from ..executor import DaemonExecutor
+from ..graph import ServiceSpec
+from ..job import HookOutcome, ServiceCleanup, ServiceState, ServiceStatus
+from ..policy import CleanupPolicy
+from ..services import ServiceCaller, ServiceHost, run_hook, tag_service_error
+from ..threads import OutputSink, current_output
+from .capture import capture_output, deliver_output
+from .cluster import actor_options, ensure_ray, node_label, where_am_i
+from .options import describe_demand
+from .orphans import NAMESPACE, actor_name, kill_actor, wait_dead
+from .pickling import dumps, loads
 
 CALL_THREADS = 8  # concurrent method calls per service actor, like the driver's call pool
 STATS_EVERY_S = 0.25
@@ -123,6 +126,11 @@ class ServiceActor:
                 tag_service_error(exc, self._name, method)
             note = f"remote traceback (Ray actor of service {self._name!r})"
             return ("err", pack_error(exc, note), self._capture.drain())
+
+    @ray.method(concurrency_group="control")
+    def where(self) -> tuple[str, str]:
+        """(actor id, node id): answered once the actor is placed and up."""
+        return where_am_i()
 
     @ray.method(concurrency_group="control")
     def methods(self) -> list[str]:
@@ -234,16 +242,15 @@ def actor_service_caller(targets: dict[str, Any]) -> ServiceCaller:
 class ActorWrapper:
     """Owns one actor's ending: its cleanup method under a timeout, then `ray.kill`."""
 
-    def __init__(self, actor: Any, label: str, on_output: OutputSink | None = None) -> None:
+    def __init__(self, actor: Any, label: str, on_output: OutputSink | None = None,
+                 name: str = "", actor_id: str = "") -> None:
         self.actor = actor
         self.label = label
         self.on_output = on_output
+        self.name = name  # the actor's name: how its death is seen in Ray's live list
+        self.actor_id = actor_id  # as the actor reported it (`where`)
         self.outcomes: tuple[HookOutcome, HookOutcome] | None = None  # of the last cleanup
         self.calls: int | None = None  # calls the actor served, as of the last cleanup
-
-    @property
-    def actor_id(self) -> str:
-        return self.actor._actor_id.hex()
 
     def cleanup(self, timeout: float) -> tuple[HookOutcome, HookOutcome]:
         """Run `stop()` and `cleanup()` inside the actor, each under `timeout`."""
@@ -264,7 +271,7 @@ class ActorWrapper:
     def kill(self, no_restart: bool = True, timeout: float = 2.0) -> bool:
         """`ray.kill`, then wait until Ray's actor table shows the actor dead."""
         kill_actor(self.actor, no_restart)  # refused only when it is already gone
-        return not wait_dead([self.actor_id], timeout)
+        return not wait_dead([self.name], timeout)
 
     def cleanup_and_kill(self, cleanup_timeout: float = 5.0, no_restart: bool = True,
                          kill_timeout: float = 2.0) -> tuple[bool, bool]:
@@ -284,9 +291,12 @@ class RayServiceHost(ServiceHost):
 
     kind = "ray"
 
-    def __init__(self, spec: ServiceSpec, job_tag: str) -> None:
+    def __init__(self, spec: ServiceSpec, job_tag: str, placement_timeout: float = 60.0) -> None:
         super().__init__(spec)
         self.job_tag = job_tag
+        self.placement_timeout = placement_timeout
+        self.node: str | None = None
+        self.node_label: str | None = None
         self.wrapper: ActorWrapper | None = None
         self._methods: set[str] = set()
         self._sink: OutputSink | None = None
@@ -310,10 +320,11 @@ class RayServiceHost(ServiceHost):
         names = ctx.services.names() if ctx.services is not None else [self.name]
         peers = {n: actor_name(self.job_tag, f"svc:{n}") for n in names}
         payload = dumps((self.spec.cls, self.spec.args, self.spec.kwargs))
-        actor = ServiceActor.options(name=peers.get(self.name, actor_name(self.job_tag, f"svc:{self.name}")),
-                                     namespace=NAMESPACE).remote(payload, self.name, ctx.job_name,
-                                                                 ctx.env_name, peers)
-        self.wrapper = ActorWrapper(actor, f"service {self.name!r}", self._sink)
+        name = peers.get(self.name, actor_name(self.job_tag, f"svc:{self.name}"))
+        actor = ServiceActor.options(name=name, namespace=NAMESPACE, **actor_options(self.spec.ray_remote_args)
+                                     ).remote(payload, self.name, ctx.job_name, ctx.env_name, peers)
+        self.wrapper = ActorWrapper(actor, f"service {self.name!r}", self._sink, name)
+        self._await_placement(self.wrapper)
         self.accepting = True
         try:
             methods = unwrap(ray.get(actor.start.remote()), self._sink)
@@ -321,6 +332,23 @@ class RayServiceHost(ServiceHost):
             raise RuntimeError(f"the Ray actor of service {self.name!r} could not start: {exc}") from None
         self._methods = set(methods)
         self.state = ServiceState.RUNNING
+
+    def _await_placement(self, wrapper: ActorWrapper) -> None:
+        """Wait (at most `placement_timeout`) until Ray placed the actor; else kill it and
+        fail naming the service and what it asked for."""
+        try:
+            wrapper.actor_id, self.node = ray.get(wrapper.actor.where.remote(), timeout=self.placement_timeout)
+        except GetTimeoutError:
+            wrapper.kill()
+            self.wrapper = None  # killed: nothing left to clean
+            raise RuntimeError(
+                f"Ray could not place the actor of service {self.name!r} within placement_timeout="
+                f"{self.placement_timeout:g} s: it asked for {describe_demand(self.spec.ray_remote_args)}. "
+                "No alive node has these resources free; lower the request or add a node that has them"
+            ) from None
+        except RayActorError as exc:
+            raise RuntimeError(f"the Ray actor of service {self.name!r} could not start: {exc}") from None
+        self.node_label = node_label(self.node)
 
     def method(self, method: str) -> Callable[..., Any]:
         if self.wrapper is None:
@@ -344,7 +372,8 @@ class RayServiceHost(ServiceHost):
 
     def status(self) -> ServiceStatus:
         self._refresh_stats()
-        return super().status()
+        return ServiceStatus(self.name, self.kind, self.state, self.calls, self.actor_id, self.error,
+                             self.node, self.node_label)
 
     def _refresh_stats(self) -> None:
         """Call counts from the actor (it also counts calls from task actors), without
