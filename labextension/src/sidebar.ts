@@ -43,6 +43,7 @@ export interface IServiceEntry {
   state: string;
   calls: number;
   actor_id: string | null;
+  node_label: string | null;
   error: IErrorEntry | null;
 }
 
@@ -71,6 +72,7 @@ export interface IJobEntry {
   taken_at: number;
   tasks: ITaskEntry[];
   services: IServiceEntry[];
+  nodes: string[];
   error: IErrorEntry | null;
 }
 
@@ -456,7 +458,8 @@ namespace Private {
       this._state.className = `sage-jp-State sage-jp-State-${job.state}`;
       this._stop.disabled = !connected || TERMINAL.has(job.state) || job.state === 'STOPPING';
       const where = job.location === 'local' ? job.backend : `${job.backend} @ ${job.location}`;
-      this._meta.textContent = [where, elapsed(job), `${records(job)} records`].filter(Boolean).join(' · ');
+      const nodes = job.nodes && job.nodes.length ? `on ${job.nodes.join(', ')}` : '';
+      this._meta.textContent = [where, nodes, elapsed(job), `${records(job)} records`].filter(Boolean).join(' · ');
       this._error.textContent = job.error ? `${job.error.where}: ${job.error.type}: ${job.error.message}` : '';
       this._error.hidden = !job.error;
       this._services.replaceChildren(...job.services.map(serviceItem));
@@ -474,7 +477,8 @@ namespace Private {
     const item = el('li', 'sage-jp-Service');
     item.dataset.serviceName = service.name;
     item.dataset.state = service.state;
-    const kind = service.actor_id ? `ray actor ${service.actor_id.slice(0, 8)}` : service.kind;
+    const actor = service.actor_id ? `ray actor ${service.actor_id.slice(0, 8)}` : service.kind;
+    const kind = service.node_label ? `${actor} on ${service.node_label}` : actor;
     item.append(
       el('span', 'sage-jp-Service-name', service.name),
       el('span', 'sage-jp-Service-kind', kind),

@@ -190,6 +190,7 @@ class LocalEnvironment(BaseEnvironment):
         """
         self._validate_for_submit()
         policy = self._policy(cleanup)
+        backend_config = ray_config(self.config)
         services = list(self._services.values())
         if self.backend == "ray":  # every service is an actor when tasks are
             services = [dataclasses.replace(s, remote=True) for s in services]
@@ -199,7 +200,7 @@ class LocalEnvironment(BaseEnvironment):
             check_shippable(self._graph, services)
         dispatcher = Dispatcher(self.name, self._graph, services, backend=self.backend, autostop=autostop,
                                 policy=policy, env_name=self.name, output=self._output,
-                                backend_config=ray_config(self.config))
+                                backend_config=backend_config)
         self._job = JobHandle(dispatcher)
         dispatcher.start()
         if block is None:

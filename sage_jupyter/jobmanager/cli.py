@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--announce-fd", type=int, default=None, metavar="FD",
                    help="write the 'listening on HOST:PORT' line to this inherited file descriptor, "
                         "then close it (for programs that start the daemon with --port 0)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="attach to this Ray cluster at start (default: $RAY_ADDRESS when a job needs Ray, "
+                        "else a local Ray); jobs with backend='ray' place their actors across its nodes")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v: info, -vv: debug)")
     return p
 
@@ -81,6 +84,17 @@ def announcer(fd: int | None) -> Callable[[str, int], None]:
     return announce
 
 
+def attach_ray(address: str, parser: argparse.ArgumentParser) -> None:
+    """Connect to the cluster now, on the main thread, so a wrong address fails at start."""
+    os.environ["RAY_ADDRESS"] = address  # what the runtime (and its children) attach to
+    from ..runtime.ray.cluster import ensure_ray
+
+    try:
+        ensure_ray()
+    except (ConnectionError, RuntimeError, ImportError) as exc:
+        parser.error(f"--ray-address {address}: cannot attach to Ray: {exc}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -95,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--announce-fd {args.announce_fd}: not an open file descriptor")
     token = resolve_token(args, parser)
     configure_logging(args.verbose, args.log_file)
+    if args.ray_address is not None:
+        attach_ray(args.ray_address, parser)
     from .daemon import JobManager
 
     manager = JobManager(token, max_body_bytes=int(args.max_body_mb * 2**20))

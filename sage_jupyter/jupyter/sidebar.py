@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 from .jobs import JOBS, TrackedJob, adopt_plain_jobs
+from .templates import job_nodes
 
 TARGET = "sage_jupyter"
 log = logging.getLogger("sage_jupyter.jupyter")
@@ -28,6 +29,7 @@ def jobs_payload() -> dict[str, Any]:
             snapshot = job.widget.snapshot
         entry = snapshot.to_dict()
         entry["display_name"] = job.name
+        entry["nodes"] = job_nodes(snapshot)  # derived here, so the sidebar computes nothing
         jobs.append(entry)
     return {"jobs": jobs, "pid": os.getpid()}
 

@@ -70,8 +70,15 @@ def rate(value: float | None) -> str:
 
 def service_kind(s: ServiceStatus) -> str:
     if s.kind == "ray":
-        return f"Ray actor {s.actor_id[:12]}" if s.actor_id else "Ray actor"
+        actor = f"Ray actor {s.actor_id[:12]}" if s.actor_id else "Ray actor"
+        return f"{actor} on {s.node_label}" if s.node_label else actor
     return s.kind
+
+
+def job_nodes(s: JobStatus) -> list[str]:
+    """The nodes the job's tasks and services run (or ran) on, as views show them."""
+    labels = [t.node_label for t in s.tasks] + [svc.node_label for svc in s.services]
+    return sorted({label for label in labels if label})
 
 
 def error_details(err: ErrorInfo, label: str = "error") -> str:
@@ -134,7 +141,9 @@ def tasks_html(s: JobStatus, rates: Mapping[str, float] | None = None) -> str:
         return ""
     rates = rates or {}
     show_worker = any(t.worker != "thread" for t in s.tasks)
-    head = ["task", "state", "in", "out", "rate", ""] + (["worker"] if show_worker else [])
+    show_node = any(t.node_label for t in s.tasks)
+    head = ["task", "state", "in", "out", "rate", ""] + (["worker"] if show_worker else []) + \
+        (["node"] if show_node else [])
     rows = []
     for t in s.tasks[:MAX_TASK_ROWS]:
         cells = [f'<td style="{_CELL}">{esc(t.name)}</td>', f'<td style="{_CELL}">{badge(t.state.value)}</td>',
@@ -143,6 +152,8 @@ def tasks_html(s: JobStatus, rates: Mapping[str, float] | None = None) -> str:
                  f'<td style="{_CELL}">{error_details(t.error) if t.error else ""}</td>']
         if show_worker:
             cells.append(f'<td style="{_CELL}"><code>{esc(t.worker[:12])}</code></td>')
+        if show_node:
+            cells.append(f'<td style="{_CELL}">{esc(t.node_label or "")}</td>')
         rows.append(f"<tr>{''.join(cells)}</tr>")
     if len(s.tasks) > MAX_TASK_ROWS:
         rows.append(f'<tr><td style="{_CELL}" colspan="{len(head)}">&hellip; '
@@ -209,7 +220,8 @@ def job_text(s: JobStatus) -> str:
              f"{s.backend} backend" + (", autostop" if s.autostop else "")]
     for t in s.tasks[:MAX_TASK_ROWS]:
         err = f"  error: {t.error.type}: {t.error.message}" if t.error else ""
-        lines.append(f"  task {t.name}: {t.state.value}, in {t.records_in}, out {t.records_out}{err}")
+        node = f" on {t.node_label}" if t.node_label else ""
+        lines.append(f"  task {t.name}: {t.state.value}, in {t.records_in}, out {t.records_out}{node}{err}")
     for svc in s.services:
         lines.append(f"  service {svc.name} ({service_kind(svc)}): {svc.state.value}, {svc.calls} calls")
     if s.error is not None:
@@ -228,10 +240,10 @@ def job_row(s: JobStatus, now: float | None = None) -> dict[str, str]:
     services = ", ".join(f"{svc.name}: {svc.state.value}" for svc in s.services) or "-"
     return {"name": s.name, "state": s.state.value, "records": f"{s.records_out:,} -> {s.records_in:,}",
             "services": services, "age": duration(max(0.0, now - s.created_at)), "backend": s.backend,
-            "job_id": s.job_id}
+            "job_id": s.job_id, "nodes": ", ".join(job_nodes(s)) or "-"}
 
 
-TABLE_COLUMNS = ("name", "state", "records", "services", "age")
+TABLE_COLUMNS = ("name", "state", "records", "services", "nodes", "age")
 
 
 def jobs_html(rows: list[dict[str, str]]) -> str:

@@ -166,15 +166,23 @@ def hosting_nodes(remote_args: dict[str, Any] | None) -> list[str]:
 def actor_options(remote_args: dict[str, Any] | None, index: int = 0,
                   spread_over: list[str] | None = None) -> dict[str, Any]:
     """`.options()` for one actor: the user's dict, 0 CPUs unless it names `num_cpus`, and,
-    unless it names a `scheduling_strategy`, a soft affinity to node `index` of `spread_over`
-    (Ray's `"SPREAD"` alone may put two instances on one node)."""
+    unless it names a `scheduling_strategy`, instance `index` pinned to node `index` of
+    `spread_over` (alive nodes that can host it), so N instances land on N distinct nodes
+    where there are N; instances beyond that are left to Ray's `"SPREAD"`.
+
+    The pin is a hard node affinity: Ray's `"SPREAD"`, and even a soft affinity, put two
+    instances on one node in a fair share of trials here. A node that dies before the actor
+    is placed fails the job through the placement timeout, naming the stage.
+    """
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     options = dict(remote_args or {})
     options.setdefault("num_cpus", 0)
     if "scheduling_strategy" not in options and spread_over:
-        target = spread_over[index % len(spread_over)]
-        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(target, soft=True)
+        if index < len(spread_over):
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(spread_over[index], soft=False)
+        else:
+            options["scheduling_strategy"] = "SPREAD"
     return options
 
 
