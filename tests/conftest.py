@@ -40,7 +40,7 @@ def ray_cluster():
 
     if ray.is_initialized():  # the session's local Ray, used by the tests that ran before
         ray.shutdown()
-    os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="sgr", dir="/tmp"))
+    os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="sgr"))  # short: Unix socket paths
     cluster = _start_cluster()
     ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
     yield cluster

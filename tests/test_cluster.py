@@ -10,9 +10,9 @@ import sys
 
 import pytest
 import ray
-
 from cluster_pipelines import AskLocator, Locator, Pace, Where
 from ray_pipelines import FileSink, live_actors, read_sinks, wait_for
+
 from sage_jupyter import JobState, LocalEnvironment, PipelineError, RemoteEnvironment
 
 pytestmark = [pytest.mark.cluster, pytest.mark.ray]
@@ -127,7 +127,9 @@ def test_losing_a_node_fails_the_job_naming_it_and_kills_the_survivors(ray_clust
     ray_cluster.wait_for_nodes()
     doomed_id = node_ids(("doomed_node",))["doomed_node"]
     env = LocalEnvironment("node-loss", backend="ray")
-    env.from_source(Pace).map(Where, parallelism=3).sink(FileSink, str(tmp_path))
+    on_head = {"resources": {"head_node": 0.01}}  # so only a map instance lives on the doomed node
+    (env.from_source(Pace, ray_remote_args=on_head).map(Where, parallelism=3)
+        .sink(FileSink, str(tmp_path), ray_remote_args=on_head))
     job = env.submit(autostop=True, block=False)
     wait_for(lambda: job.status().records_in > 100, timeout=60, what="records to flow over three nodes")
     maps = {t.node for t in job.status().tasks if t.stage == "map:Where"}
@@ -135,7 +137,8 @@ def test_losing_a_node_fails_the_job_naming_it_and_kills_the_survivors(ray_clust
     ray_cluster.remove_node(doomed)
     with pytest.raises(PipelineError) as info:
         job.wait(timeout=90)
-    message = str(info.value)
-    assert f"node {doomed_id}" in message and "died" in message and "map:Where" in message
+    message = info.value.summary
+    assert f"its node {doomed_id} ({ray.util.get_node_ip_address()}) died" in message
+    assert info.value.stage.startswith("task 'map:Where[")
     assert job.state is JobState.FAILED and live_actors(job) == []
     assert job.cleanup_report.tasks_left_running == ()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import sys
 import threading
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 OUTPUT_LIMIT = 1 << 20  # characters of captured output kept per actor between drains
 _lock = threading.Lock()
@@ -51,9 +51,9 @@ class OutputCapture:
             out.append(("stderr", f"[sage_jupyter: {dropped} characters of output dropped]\n"))
         return out
 
-    def install(self) -> "OutputCapture":
-        sys.stdout = _CapturedStream(self, "stdout")  # type: ignore[assignment]
-        sys.stderr = _CapturedStream(self, "stderr")  # type: ignore[assignment]
+    def install(self) -> OutputCapture:
+        sys.stdout = _CapturedStream(self, "stdout")
+        sys.stderr = _CapturedStream(self, "stderr")
         return self
 
 

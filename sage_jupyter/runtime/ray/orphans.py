@@ -12,7 +12,8 @@ import os
 import socket
 import sys
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from .cluster import ray_module
 

@@ -3,8 +3,9 @@ stage and remote service can be sent (naming the culprit when not)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from types import ModuleType
-from typing import Any, Iterable
+from typing import Any
 
 from ..graph import PipelineGraph, ServiceSpec
 from ..shipping import local_modules
@@ -12,15 +13,15 @@ from .cluster import ensure_ray
 
 
 def _pickler() -> ModuleType:
-    try:
-        from ray import cloudpickle  # the pickler Ray itself uses for arguments
-    except ImportError:  # pragma: no cover - Ray is a test dependency
-        import cloudpickle
+    """The pickler Ray itself uses for arguments (it ships code by value)."""
+    from ray import cloudpickle
+
     return cloudpickle
 
 
 def dumps(obj: Any) -> bytes:
-    return _pickler().dumps(obj)
+    data: bytes = _pickler().dumps(obj)
+    return data
 
 
 def loads(data: bytes) -> Any:

@@ -12,7 +12,8 @@ import inspect
 import threading
 import time
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
@@ -49,7 +50,7 @@ def pack_error(exc: BaseException, note: str) -> bytes:
         return dumps(RuntimeError(f"{type(exc).__name__}: {exc}\n{note}:\n{tb}"))
 
 
-def unwrap(result: tuple, sink: OutputSink | None) -> Any:
+def unwrap(result: tuple[str, Any, list[tuple[str, str]]], sink: OutputSink | None) -> Any:
     """Deliver the output carried by a service actor's answer, then return or raise."""
     status, value, output = result
     if output:
@@ -72,7 +73,10 @@ def public_methods(instance: Any) -> list[str]:
     return sorted(names)
 
 
-@ray.remote(max_concurrency=CALL_THREADS, concurrency_groups={"control": 2})
+# Ray's stubs do not cover the actor options used here: the decorator is typed loosely.
+remote_class: Any = ray.remote
+
+
 class ServiceActor:
     """One service instance in its own process. Calls run on `CALL_THREADS` threads (a
     service may call itself or others); lifecycle calls have their own threads so a busy
@@ -92,7 +96,7 @@ class ServiceActor:
         self._calls_lock = threading.Lock()
 
     @ray.method(concurrency_group="control")
-    def start(self) -> tuple:
+    def start(self) -> tuple[str, Any, list[tuple[str, str]]]:
         try:
             cls, args, kwargs = loads(self._payload)
             self._instance = cls(*args, **kwargs)
@@ -110,7 +114,7 @@ class ServiceActor:
             return ("err", pack_error(exc, f"remote traceback (Ray actor of service {self._name!r})"),
                     self._capture.drain())
 
-    def call(self, method: str, args: tuple, kwargs: dict) -> tuple:
+    def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Any, list[tuple[str, str]]]:
         try:
             if not self._accepting:
                 raise ServiceCallError(f"service {self._name!r} is stopping; it takes no more calls")
@@ -137,11 +141,11 @@ class ServiceActor:
         return public_methods(self._instance) if self._instance is not None else []
 
     @ray.method(concurrency_group="control")
-    def stats(self) -> tuple[int, list]:
+    def stats(self) -> tuple[int, list[tuple[str, str]]]:
         return self._calls, self._capture.drain()
 
     @ray.method(concurrency_group="control")
-    def shutdown(self, timeout: float) -> tuple[HookOutcome, HookOutcome, int, list]:
+    def shutdown(self, timeout: float) -> tuple[HookOutcome, HookOutcome, int, list[tuple[str, str]]]:
         """`stop()` then `cleanup()`, each given `timeout` seconds; with the call count."""
         inst = self._instance
         if inst is None:
@@ -151,6 +155,9 @@ class ServiceActor:
         self._accepting = False
         cleanup = run_hook(getattr(inst, "cleanup", None), timeout, f"sage-cleanup:{self._name}")
         return stop, cleanup, self._calls, self._capture.drain()
+
+
+RemoteServiceActor: Any = remote_class(max_concurrency=CALL_THREADS, concurrency_groups={"control": 2})(ServiceActor)
 
 
 # ---- calling services from inside an actor ----------------------------------------------
@@ -321,7 +328,7 @@ class RayServiceHost(ServiceHost):
         peers = {n: actor_name(self.job_tag, f"svc:{n}") for n in names}
         payload = dumps((self.spec.cls, self.spec.args, self.spec.kwargs))
         name = peers.get(self.name, actor_name(self.job_tag, f"svc:{self.name}"))
-        actor = ServiceActor.options(name=name, namespace=NAMESPACE, **actor_options(self.spec.ray_remote_args)
+        actor = RemoteServiceActor.options(name=name, namespace=NAMESPACE, **actor_options(self.spec.ray_remote_args)
                                      ).remote(payload, self.name, ctx.job_name, ctx.env_name, peers)
         self.wrapper = ActorWrapper(actor, f"service {self.name!r}", self._sink, name)
         self._await_placement(self.wrapper)

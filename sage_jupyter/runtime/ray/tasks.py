@@ -36,7 +36,7 @@ from .cluster import actor_options, describe_node, ensure_ray, hosting_nodes, no
 from .options import describe_demand
 from .orphans import NAMESPACE, actor_name, kill_actor, wait_dead
 from .pickling import dumps, loads
-from .services import RayServiceHost, actor_service_caller
+from .services import RayServiceHost, actor_service_caller, remote_class
 
 INFLIGHT_PER_LINK = 4  # unacknowledged batches per producer->consumer link
 INBOX_CAPACITY = 8  # batches a consumer queues before its pushes wait
@@ -50,13 +50,13 @@ log = logging.getLogger("sage_jupyter.runtime")
 class _Link:
     """One producer instance's way to one consumer actor."""
 
-    __slots__ = ("handle", "key", "seq", "inflight", "actor")
+    __slots__ = ("actor", "handle", "inflight", "key", "seq")
 
-    def __init__(self, handle: Any, key: str, actor: "ChainActor") -> None:
+    def __init__(self, handle: Any, key: str, actor: ChainActor) -> None:
         self.handle = handle
         self.key = key
         self.seq = 0
-        self.inflight: deque = deque()
+        self.inflight: deque[Any] = deque()
         self.actor = actor
 
     def put(self, batch: Any) -> None:
@@ -81,7 +81,6 @@ class _Link:
                 raise Aborted() from None
 
 
-@ray.remote(concurrency_groups={"data": 1, "run": 1, "poll": 1, "control": 1})
 class ChainActor:
     """One chain instance. `run()` is the task (its result is the task's end); `push()`
     receives batches on its own thread, so stop, abort and polls are never queued
@@ -162,7 +161,7 @@ class ChainActor:
         return {"state": state, "error": error, "counters": self._counters(), "failing": failing,
                 "output": output}
 
-    def _drive(self, chain: ChainSpec, runner: ChainRunner, routes: list) -> TaskState:
+    def _drive(self, chain: ChainSpec, runner: ChainRunner, routes: list[Any]) -> TaskState:
         stop = self._stop
         stopped = runner.run_to_end(self._inbox.get, routes, stop.is_set, stop.wait)
         if self.aborted:
@@ -211,6 +210,9 @@ class ChainActor:
         self.aborted = True
         self._stop.set()
         self._inbox.abort()
+
+
+RemoteChainActor: Any = remote_class(concurrency_groups={"data": 1, "run": 1, "poll": 1, "control": 1})(ChainActor)
 
 
 class RayTask:
@@ -271,7 +273,7 @@ class RayBackend(TaskBackend):
             spread = hosting_nodes(remote_args) if chain.parallelism > 1 else []
             for index in range(chain.parallelism):
                 name = actor_name(job.job_id, f"task:{chain.id}:{index}")
-                actor = ChainActor.options(
+                actor = RemoteChainActor.options(
                     name=name, namespace=NAMESPACE, **actor_options(remote_args, index, spread),
                 ).remote(payloads[(chain.id, index)], chain.task_name(index), chain.labels[0], index,
                          job.job_name, job.env_name, services, outputs)
@@ -334,14 +336,16 @@ class RayBackend(TaskBackend):
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
             for ref in ready:
                 with self._lock:
-                    task, kind = self._refs.pop(ref, (None, ""))
+                    entry = self._refs.pop(ref, None)
+                if entry is None:  # a poll dropped when its task ended (read in join)
+                    continue
+                task, kind = entry
                 try:
                     if kind == "poll":
                         self._polled(task, ref)
-                    elif kind == "run":
+                    else:
                         self._ended(task, ref)
-                    # else: a poll dropped when its task ended (read in join)
-                except BaseException as exc:  # noqa: BLE001 - the watcher must outlive any bug
+                except BaseException as exc:
                     log.exception("ray backend: watching %s failed", task.name)
                     if kind == "run":
                         self._report(task, TaskState.FAILED, error_info(f"task {task.name!r}", exc))
@@ -414,7 +418,8 @@ class RayBackend(TaskBackend):
             self._refs.pop(task.poll_ref, None)  # a poll left: read in join()
             if all(t.ended for t in self.tasks):
                 self._all_ended.set()
-        self._job.on_task_end(task.name, state, error)
+        if self._job is not None:
+            self._job.on_task_end(task.name, state, error)
 
     def _release(self) -> None:
         """Every task ended: their actors have nothing left to do, even when the job keeps
