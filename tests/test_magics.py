@@ -231,3 +231,52 @@ plain_job = plain_env.submit(block=False)
     assert handle.state.value == "STOPPED"
     assert "job 'plain' stopped" in capsys.readouterr().out
     ip.user_ns.pop("plain_env", None)
+
+
+AUDIT_CELL = '''
+from sage_jupyter import BaseService
+class Audit(BaseService):
+    def record(self, x):
+        return x
+'''
+
+
+def test_sage_services_lists_removes_and_clears(ip, capsys):
+    ip.run_cell_magic("sage_service", "cache", SERVICE_CELL)
+    ip.run_cell_magic("sage_service", "audit --remote", AUDIT_CELL)
+    table = ip.run_line_magic("sage_services", "")
+    assert [(r["name"], r["class"], r["kind"]) for r in table.rows] == [
+        ("cache", "Cache", "thread"), ("audit", "Audit", "Ray actor")]
+    assert "audit" in table._repr_html_() and "Ray actor" in repr(table)
+    with pytest.raises(UsageError, match=r"no service named 'nope' in this kernel \(services: cache, audit\)"):
+        ip.run_line_magic("sage_services", "--remove cache nope")
+    assert list(SERVICES) == ["cache", "audit"]  # nothing removed when one name is wrong
+    with pytest.raises(UsageError, match="not both"):
+        ip.run_line_magic("sage_services", "--remove cache --clear")
+    assert [r["name"] for r in ip.run_line_magic("sage_services", "--remove audit").rows] == ["cache"]
+    assert "removed 'audit'" in capsys.readouterr().out
+    assert len(ip.run_line_magic("sage_services", "--clear")) == 0 and not SERVICES
+    assert "No sage_jupyter services in this kernel." in repr(ip.run_line_magic("sage_services", ""))
+
+
+def test_pipeline_services_starts_only_the_named_ones(ip):
+    ip.run_cell_magic("sage_service", "cache", SERVICE_CELL)
+    ip.run_cell_magic("sage_service", "audit", AUDIT_CELL)
+    handle = pipeline(ip, "only_cache --autostop --wait --services cache")
+    assert [s.name for s in handle.status().services] == ["cache"]
+    assert ip.user_ns["results"] == [0, 10, 20, 30, 40]
+    none = pipeline(ip, '--autostop --wait --services ""', "env.from_batch(range(3)).sink(lambda x: None)")
+    assert none.state.value == "FINISHED" and none.status().services == ()
+    every = pipeline(ip, "every --autostop --wait")
+    assert sorted(s.name for s in every.status().services) == ["audit", "cache"]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("cache,nope", r"--services: no service named 'nope' in this kernel \(services: cache\)"),
+    ("cache,,", r"--services 'cache,,' has an empty name"),
+])
+def test_pipeline_services_refuses_unknown_or_empty_names(ip, spec, message):
+    ip.run_cell_magic("sage_service", "cache", SERVICE_CELL)
+    with pytest.raises(UsageError, match=message):
+        pipeline(ip, f"--autostop --services {spec}")
+    assert not [j for j in JOBS.all() if not j.handle.state.terminal]

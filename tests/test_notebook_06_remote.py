@@ -1,6 +1,6 @@
 """notebooks/06_remote.ipynb through a real kernel: it starts a JobManager daemon, runs a
 job with autostop and a service on it, watches a stream in the widget, and shuts the
-daemon down. The notebook asserts its own results in its cells."""
+daemon down; Run All twice in one kernel. The notebook asserts its own results in its cells."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import nbformat
 import psutil
 from nbclient import NotebookClient
 
+from notebook_runner import run_all
+
 NOTEBOOK = pathlib.Path(__file__).resolve().parent.parent / "notebooks" / "06_remote.ipynb"
 VIEW_MIME = "application/vnd.jupyter.widget-view+json"
 
@@ -21,7 +23,7 @@ def test_notebook_06_remote(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("SAGE_JOBMANAGER_TOKEN", "RAY_ADDRESS")}
     client = NotebookClient(book, kernel_name="python3", timeout=120, startup_timeout=60,
                             resources={"metadata": {"path": str(tmp_path)}})
-    client.execute(env=env)
+    run_all(client, book, env)
 
     outputs = [o for cell in book.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     # stdout only: the kernel's own start-up warning on stderr may land between two prints

@@ -1,5 +1,5 @@
-"""The example notebooks, executed through a real kernel with nbclient. Each notebook
-asserts its own results in its cells; an error in any cell fails the test."""
+"""The example notebooks, executed through a real kernel with nbclient, each Run All twice in one
+kernel. Each notebook asserts its own results in its cells; an error in any cell fails the test."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import tempfile
 
 import nbformat
 from nbclient import NotebookClient
+
+from notebook_runner import run_all
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
 VIEW_MIME = "application/vnd.jupyter.widget-view+json"
@@ -20,7 +22,7 @@ def execute(name: str, env: dict[str, str] | None = None) -> nbformat.NotebookNo
     kernel_env.update(env or {})
     client = NotebookClient(book, kernel_name="python3", timeout=180, startup_timeout=60,
                             resources={"metadata": {"path": str(NOTEBOOKS)}})
-    client.execute(env=kernel_env)
+    run_all(client, book, kernel_env)
     return book
 
 

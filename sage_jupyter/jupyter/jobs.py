@@ -138,8 +138,11 @@ def stop_jobs(jobs: list[TrackedJob], timeout: float = 10.0) -> list[str]:
     return left
 
 
-class JobTable:
-    """`%sage_status`: a snapshot of this kernel's jobs, shown as HTML or text."""
+class KernelTable:
+    """A snapshot table of this kernel, shown as HTML or text."""
+
+    columns: tuple[str, ...] = ()
+    empty = ""
 
     def __init__(self, rows: list[dict[str, str]]) -> None:
         self.rows = rows
@@ -148,13 +151,32 @@ class JobTable:
         return len(self.rows)
 
     def _repr_html_(self) -> str:
-        return templates.jobs_html(self.rows)
+        return templates.rows_html(self.rows, self.columns, self.empty)
 
     def __repr__(self) -> str:
-        return templates.jobs_text(self.rows)
+        return templates.rows_text(self.rows, self.columns, self.empty)
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(repr(self))
+
+
+class JobTable(KernelTable):
+    """`%sage_status`: this kernel's jobs."""
+
+    columns = templates.JOB_COLUMNS
+    empty = "No sage_jupyter jobs in this kernel."
+
+
+class ServiceTable(KernelTable):
+    """`%sage_services`: the services `%%sage_service` declared in this kernel."""
+
+    columns = templates.SERVICE_COLUMNS
+    empty = "No sage_jupyter services in this kernel."
+
+
+def service_rows() -> list[dict[str, str]]:
+    return [{"name": s.name, "class": s.cls.__name__, "kind": "Ray actor" if s.remote else "thread"}
+            for s in SERVICES.values()]
 
 
 def widget_of(job: Any) -> JobWidget:

@@ -4,8 +4,12 @@
     The cell defines one `BaseService` subclass; it is registered under NAME for every
     later pipeline of this kernel (a Ray actor with `--remote`). Redefining replaces it.
 
-``%%sage_pipeline [NAME] [--autostop] [--backend thread|ray] [--wait] [--timeout S] [-o VAR]``
-    The cell builds a pipeline on a ready `env` (this kernel's services registered); the
+``%sage_services`` / ``%sage_services --remove NAME [NAME ...]`` / ``%sage_services --clear``
+    List this kernel's services (name, class, kind), or remove some or all of them.
+
+``%%sage_pipeline [NAME] [--autostop] [--services a,b] [--backend thread|ray] [--wait] [--timeout S] [-o VAR]``
+    The cell builds a pipeline on a ready `env` (this kernel's services registered, or only
+    those named by `--services`; `--services ""` registers none); the
     magic submits it without blocking, shows the job's widget and returns the `JobHandle`
     (or stores it in VAR). `--wait` blocks until the job ended; the interrupt button then
     stops it and cleans up. `--timeout S` stops the job after S seconds. Running the same
@@ -32,7 +36,8 @@ from ..api.environment import BACKENDS, LocalEnvironment
 from ..api.service import BaseService
 from ..runtime.errors import PipelineError
 from . import templates
-from .jobs import JOBS, SERVICES, JobTable, ServiceDef, TrackedJob, adopt_plain_jobs, stop_jobs
+from .jobs import (JOBS, SERVICES, JobTable, ServiceDef, ServiceTable, TrackedJob, adopt_plain_jobs, service_rows,
+                   stop_jobs)
 from .output import JobOutput
 from .widget import JobWidget
 
@@ -75,6 +80,26 @@ def _render_only(exc: BaseException, lines: list[str]) -> None:
         exc._render_traceback_ = lambda: lines  # type: ignore[attr-defined]
     except Exception:  # noqa: BLE001 - an exception type that refuses attributes: full traceback then
         pass
+
+
+def known_names(names: list[str], where: str) -> None:
+    """UsageError naming the first service name this kernel has not declared."""
+    for name in names:
+        if name not in SERVICES:
+            known = ", ".join(SERVICES) or "none (declare one with %%sage_service NAME)"
+            raise UsageError(f"{where}: no service named {name!r} in this kernel (services: {known})")
+
+
+def selected_services(spec: str | None) -> list[ServiceDef]:
+    """`--services a,b`: those kernel services, in that order; None means all of them."""
+    if spec is None:
+        return list(SERVICES.values())
+    spec = spec.strip().strip("'\"")  # IPython's argument splitting keeps the quotes of ""
+    names = [n.strip() for n in spec.split(",")] if spec else []
+    if any(not n for n in names):
+        raise UsageError(f"%%sage_pipeline: --services {spec!r} has an empty name; use a,b (or \"\" for none)")
+    known_names(names, "%%sage_pipeline --services")
+    return [SERVICES[n] for n in dict.fromkeys(names)]
 
 
 def stopped_line(name: str, handle: Any, why: str) -> str:
@@ -120,7 +145,7 @@ def stop_after(handle: Any, seconds: float, output: JobOutput, name: str) -> thr
 
 @magics_class
 class SageMagics(Magics):
-    """`%%sage_pipeline`, `%%sage_service`, `%sage_status`, `%sage_stop`."""
+    """`%%sage_pipeline`, `%%sage_service`, `%sage_services`, `%sage_status`, `%sage_stop`."""
 
     # ---- %%sage_service -------------------------------------------------------------
 
@@ -152,11 +177,35 @@ class SageMagics(Magics):
         where = "Ray actor" if args.remote else "thread"
         print(f"service {name!r} = {defined[0].__name__} ({where})" + (", replacing the previous one" if replaced else ""))
 
+    # ---- %sage_services -------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("--remove", nargs="+", default=None, metavar="NAME", help="remove these services")
+    @argument("--clear", action="store_true", help="remove every service of this kernel")
+    @line_magic
+    def sage_services(self, line: str) -> ServiceTable:
+        """List this kernel's services, or remove some (`--remove`) or all (`--clear`)."""
+        args = parse_argstring(self.sage_services, line)
+        if args.clear and args.remove:
+            raise UsageError("%sage_services: give --remove NAME ... or --clear, not both")
+        if args.remove:
+            known_names(args.remove, "%sage_services --remove")
+            for name in args.remove:
+                del SERVICES[name]
+            print("removed " + ", ".join(repr(n) for n in args.remove))
+        elif args.clear:
+            removed = len(SERVICES)
+            SERVICES.clear()
+            print(f"removed {removed} service{'s' if removed != 1 else ''}")
+        return ServiceTable(service_rows())
+
     # ---- %%sage_pipeline ------------------------------------------------------------
 
     @magic_arguments()
     @argument("name", nargs="?", default=None, help="job name (default: pipeline-N)")
     @argument("--autostop", action="store_true", help="clean every service when the pipeline ends")
+    @argument("--services", default=None, metavar="a,b",
+              help="start only these kernel services for this job (default: all; \"\" for none)")
     @argument("--backend", default="thread", choices=BACKENDS, help="run tasks on threads or Ray actors")
     @argument("--wait", action="store_true", help="block until the job ended (interrupt stops it)")
     @argument("--timeout", type=float, default=None, metavar="S", help="stop the job after S seconds")
@@ -174,6 +223,7 @@ class SageMagics(Magics):
         if args.name is not None and not args.name.strip():
             raise UsageError("%%sage_pipeline: the job name is empty")
 
+        services = selected_services(args.services)
         cell_id = current_cell_id(self.shell)
         previous = JOBS.previous_runs(args.name, cell_id)
         if previous:
@@ -183,7 +233,7 @@ class SageMagics(Magics):
         name = args.name or JOBS.next_name()
 
         env = LocalEnvironment(name, backend=args.backend)
-        for service in SERVICES.values():
+        for service in services:
             env.register_service(service.name, service.cls, remote=service.remote)
         output = JobOutput()
         env._output = output  # before submit: every thread of the job inherits the sink

@@ -243,26 +243,25 @@ def job_row(s: JobStatus, now: float | None = None) -> dict[str, str]:
             "job_id": s.job_id, "nodes": ", ".join(job_nodes(s)) or "-"}
 
 
-TABLE_COLUMNS = ("name", "state", "records", "services", "nodes", "age")
+JOB_COLUMNS = ("name", "state", "records", "services", "nodes", "age")
+SERVICE_COLUMNS = ("name", "class", "kind")
 
 
-def jobs_html(rows: list[dict[str, str]]) -> str:
+def rows_html(rows: list[dict[str, str]], columns: tuple[str, ...], empty: str) -> str:
+    """A kernel-level table (`%sage_status`, `%sage_services`); a "state" column gets badges."""
     if not rows:
-        return f'<div style="{_BOX}">No sage_jupyter jobs in this kernel.</div>'
+        return f'<div style="{_BOX}">{esc(empty)}</div>'
     body = []
     for r in rows:
-        cells = "".join(
-            f'<td style="{_CELL}">{badge(r[c]) if c == "state" else esc(r[c])}</td>' for c in TABLE_COLUMNS
-        )
+        cells = "".join(f'<td style="{_CELL}">{badge(r[c]) if c == "state" else esc(r[c])}</td>' for c in columns)
         body.append(f"<tr>{cells}</tr>")
-    return f'<div style="{_BOX}">{_table(list(TABLE_COLUMNS), body)}</div>'
+    return f'<div style="{_BOX}">{_table(list(columns), body)}</div>'
 
 
-def jobs_text(rows: list[dict[str, str]]) -> str:
+def rows_text(rows: list[dict[str, str]], columns: tuple[str, ...], empty: str) -> str:
     if not rows:
-        return "No sage_jupyter jobs in this kernel."
-    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in TABLE_COLUMNS}
-    line = "  ".join(c.ljust(widths[c]) for c in TABLE_COLUMNS)
-    out = [line, "  ".join("-" * widths[c] for c in TABLE_COLUMNS)]
-    out += ["  ".join(r[c].ljust(widths[c]) for c in TABLE_COLUMNS) for r in rows]
+        return empty
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
+    out = ["  ".join(c.ljust(widths[c]) for c in columns), "  ".join("-" * widths[c] for c in columns)]
+    out += ["  ".join(r[c].ljust(widths[c]) for c in columns) for r in rows]
     return "\n".join(line.rstrip() for line in out)
