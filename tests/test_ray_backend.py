@@ -15,7 +15,7 @@ from ray_pipelines import (BrokenSetup, FileSink, Journal, SlowSink, Stuck, job_
                            live_actors, read_sinks, sink_pids, wait_for)
 from tests.pipelines import Ticks
 from sage_jupyter import JobState, LocalEnvironment, MapFunction, PipelineError
-from sage_jupyter.runtime.ray import cluster as ray_cluster, orphans as ray_support
+from sage_jupyter.runtime.ray import cluster as ray_cluster, orphans
 from sage_jupyter.runtime.policy import CleanupPolicy
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -123,7 +123,7 @@ def test_actor_killed_from_outside_fails_the_job(tmp_path, no_thread_leak):
     job = env.submit(autostop=True, block=False)
     wait_for(lambda: job.status().records_out > 10, what="records to flow")
     task_actor = next(a for a in live_actors(job) if ":task:" in a["name"])
-    ray.kill(ray.get_actor(task_actor["name"], namespace=ray_support.NAMESPACE), no_restart=True)
+    ray.kill(ray.get_actor(task_actor["name"], namespace=orphans.NAMESPACE), no_restart=True)
     with pytest.raises(PipelineError) as info:
         job.wait(timeout=60)
     assert "died" in str(info.value) and "source:Ticks>sink:FileSink[0]" in info.value.stage
@@ -200,16 +200,16 @@ class Idle:
 
 
 def test_orphans_of_dead_processes_are_found_and_killed():
-    host = ray_support.actor_prefix("x").split(":")[1]
+    host = orphans.actor_prefix("x").split(":")[1]
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
     dead_pid, live_pid = int(gone.stdout), os.getppid()
     orphan = f"sage:{host}:{dead_pid}:lost-1:svc:cache"
     kept = f"sage:{host}:{live_pid}:busy-1:svc:cache"
-    actors = [Idle.options(name=n, namespace=ray_support.NAMESPACE).remote() for n in (orphan, kept)]
+    actors = [Idle.options(name=n, namespace=orphans.NAMESPACE).remote() for n in (orphan, kept)]
     ray.get([a.ping.remote() for a in actors])
-    assert ray_support.kill_orphans() == [orphan]  # its kernel is gone
-    states = {a["name"]: a["state"] for a in ray_support.sage_actors()}
+    assert orphans.kill_orphans() == [orphan]  # its kernel is gone
+    states = {a["name"]: a["state"] for a in orphans.sage_actors()}
     assert orphan not in states and states[kept] == "ALIVE"  # dead actors are not listed
     # the command line, from another process, by prefix
     cli = subprocess.run(
@@ -218,8 +218,8 @@ def test_orphans_of_dead_processes_are_found_and_killed():
         capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0, cli.stderr
     assert f"killed {kept}" in cli.stdout
-    assert ray_support.wait_dead([orphan, kept], 10.0) == []
-    assert kept not in {a["name"] for a in ray_support.sage_actors()}
+    assert orphans.wait_dead([orphan, kept], 10.0) == []
+    assert kept not in {a["name"] for a in orphans.sage_actors()}
 
 
 def test_a_slow_consumer_holds_the_source_back(no_thread_leak):
