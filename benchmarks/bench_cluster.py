@@ -5,8 +5,9 @@
 Attaches to `RAY_ADDRESS`, else starts a local 2-node `ray.cluster_utils.Cluster` (two
 raylets on this machine, 1 CPU each) and shuts it down after. Prints `name=value` lines:
 - spread_speedup: a CPU-bound map (about 1 ms of pure Python per record) at parallelism=2,
-  its instances on two nodes, over the same map at parallelism=1; each timed from the first
-  record the map starts to the last it ends (actor start-up excluded). Target >= 1.6.
+  its instances on two nodes and the records split evenly by key, over the same map at
+  parallelism=1; each timed from the first record the map starts to the last it ends
+  (actor start-up excluded). Target >= 1.6.
 - chain_ratio_to_raw: the 2-actor chain of bench_ray.py over two bare actors passing the
   same batches, on this cluster. Target >= 0.9.
 - cleanup_latency_ms: a job with a map spread over both nodes and a service, from the
@@ -24,7 +25,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_ray import BATCH, pipeline_run, raw_rate  # noqa: E402
+from bench_ray import BATCH, pipeline_run, raw_rate
 
 SPIN_S = 0.001
 
@@ -61,10 +62,13 @@ def spread_time(records: int, parallelism: int) -> float:
 
     env = LocalEnvironment(f"spin-{parallelism}", backend="ray")
     lines = _job_lines(env)
-    env.from_batch(range(records)).map(Spin, parallelism=parallelism).sink(Span)
+    # keyby on x % 2 gives each of two instances exactly half the records (rebalancing whole
+    # batches of growing size would not).
+    env.from_batch(range(records)).keyby(lambda x: x % 2).map(Spin, parallelism=parallelism).sink(Span)
     job = env.submit(autostop=True)
-    nodes = {t.node for t in job.status().tasks if t.stage == "map:Spin"}
-    assert len(nodes) == parallelism, nodes  # each instance on its own node
+    maps = [t for t in job.status().tasks if t.stage == "map:Spin"]
+    assert len({t.node for t in maps}) == parallelism, maps  # each instance on its own node
+    assert len({t.records_in for t in maps}) == 1, maps  # records shared evenly
     fields = dict(kv.split("=") for kv in "".join(lines).split() if "=" in kv)
     assert int(fields["count"]) == records, fields
     return float(fields["span"])
@@ -104,7 +108,7 @@ def spread_cleanup_latency(records: int) -> float:
 def start_cluster():
     from ray.cluster_utils import Cluster
 
-    small = dict(num_cpus=1, object_store_memory=100 * 2**20)
+    small = {"num_cpus": 1, "object_store_memory": 100 * 2**20}
     cluster = Cluster(initialize_head=True, head_node_args={**small, "include_dashboard": False})
     cluster.add_node(**small)
     cluster.wait_for_nodes()

@@ -59,8 +59,8 @@ def _start_local(ray: ModuleType) -> None:
     thread that forked them ends (Linux parent-death signal), so a short-lived runtime thread
     must not start them.
     """
-    options: dict[str, Any] = dict(address="local", include_dashboard=False, log_to_driver=False,
-                                   configure_logging=False)
+    options: dict[str, Any] = {"address": "local", "include_dashboard": False, "log_to_driver": False,
+                               "configure_logging": False}
     if threading.current_thread() is threading.main_thread():
         ray.init(**options)
         return

@@ -58,7 +58,7 @@ def check_ray_remote_args(where: str, args: Any) -> dict[str, Any] | None:
     if args is None:
         return None
     if not isinstance(args, dict):
-        raise ValueError(f"{where}: ray_remote_args must be a dict, got {type(args).__name__}")
+        raise ValueError(f"{where}: ray_remote_args must be a dict, got {type(args).__name__}")  # noqa: TRY004 - the contract says ValueError
     accepted = accepted_keys()
     for key, value in args.items():
         if key not in accepted:

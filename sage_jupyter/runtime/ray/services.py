@@ -42,7 +42,7 @@ def pack_error(exc: BaseException, note: str) -> bytes:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
         exc.add_note(f"{note}:\n{tb.rstrip()}")
-    except Exception:  # noqa: BLE001 - exotic exceptions refuse notes
+    except Exception:  # noqa: BLE001, S110 - exotic exceptions refuse notes
         pass
     try:
         return dumps(exc)
@@ -433,5 +433,5 @@ class RayServiceHost(ServiceHost):
             calls, output = ray.get(ref, timeout=1.0)
             self.calls = max(self.calls, calls)
             deliver_output(output, self._sink)
-        except Exception:  # noqa: BLE001 - the actor may be gone already
+        except Exception:  # noqa: BLE001, S110 - the actor may be gone already
             pass

@@ -479,7 +479,7 @@ class RayBackend(TaskBackend):
         for ref in ready:
             try:
                 ray.get(ref)
-            except Exception:  # noqa: BLE001 - expected: the actor is dead
+            except Exception:  # noqa: BLE001, S110 - expected: the actor is dead
                 pass
 
     def task_statuses(self) -> list[TaskStatus]:
