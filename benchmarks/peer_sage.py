@@ -287,7 +287,7 @@ if __name__ == "__main__":
         code = main()
     except SystemExit as exc:  # argparse
         code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - any failure is printed, then cleaned up; the exit code stays 1
         traceback.print_exc()
     finally:
         if _TMP_OUTPUT_DIR:

@@ -13,7 +13,7 @@ from sage_jupyter import JobState, LocalEnvironment, PipelineError
 from sage_jupyter.runtime.policy import CleanupPolicy
 
 
-@pytest.fixture(params=["thread", "ray"])
+@pytest.fixture(params=["thread", pytest.param("ray", marks=pytest.mark.ray)])
 def backend(request):
     if request.param == "ray":
         request.getfixturevalue("ray_session")

@@ -10,10 +10,14 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
+
 from sage_jupyter import BaseService, JobState, MapFunction, RemoteEnvironment
 from sage_jupyter.jobmanager.launch import start_daemon
 from sage_jupyter.runtime.ray.orphans import sage_actors
 from tests.pipelines import Ticks
+
+pytestmark = pytest.mark.ray
 
 
 class Marker(BaseService):

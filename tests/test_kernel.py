@@ -10,7 +10,9 @@ import uuid
 import psutil
 import pytest
 
-from test_kernel_harness import Kernel
+from kernel_harness import Kernel
+
+pytestmark = pytest.mark.kernel
 
 SLOW_PRINTER = '''%%sage_pipeline talk -o talk
 import sys, time
@@ -211,6 +213,7 @@ env.from_source(Busy).sink(lambda x: None)
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
 
 
+@pytest.mark.ray
 def test_shutdown_cleans_and_kills_ray_service_actors(ray_session, tmp_path):
     from sage_jupyter.runtime.ray.orphans import parse_name, sage_actors
 

@@ -10,9 +10,12 @@ import re
 
 import nbformat
 import psutil
+import pytest
 from nbclient import NotebookClient
 
 from notebook_runner import run_all
+
+pytestmark = pytest.mark.kernel
 
 NOTEBOOK = pathlib.Path(__file__).resolve().parent.parent / "notebooks" / "06_remote.ipynb"
 VIEW_MIME = "application/vnd.jupyter.widget-view+json"

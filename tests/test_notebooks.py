@@ -8,6 +8,7 @@ import pathlib
 import tempfile
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from notebook_runner import run_all
@@ -43,6 +44,7 @@ def test_all_notebooks_are_saved_without_outputs():
         assert not outputs(book), f"{path.name} was saved with outputs"
 
 
+@pytest.mark.kernel
 def test_01_quickstart():
     book = execute("01_quickstart.ipynb")
     (shown,) = job_displays(book, "quickstart")
@@ -56,20 +58,25 @@ def test_01_quickstart():
     assert state.get("state"), "nbclient stored the widgets' state, so the live view can be restored"
 
 
+@pytest.mark.kernel
 def test_02_services():
     execute("02_services.ipynb")
 
 
+@pytest.mark.kernel
+@pytest.mark.ray
 def test_03_ray():
     execute("03_ray.ipynb", {"RAY_TMPDIR": tempfile.mkdtemp(prefix="sgnb", dir="/tmp")})
 
 
+@pytest.mark.kernel
 def test_04_streams_and_stop():
     book = execute("04_streams_and_stop.ipynb")
     (shown,) = job_displays(book, "ticker")
     assert "STOPPED" in shown["data"]["text/plain"]
 
 
+@pytest.mark.kernel
 def test_05_errors():
     book = execute("05_errors.ipynb")
     errors = [o for o in outputs(book) if o.get("output_type") == "error"]

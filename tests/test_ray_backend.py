@@ -18,7 +18,7 @@ from sage_jupyter import JobState, LocalEnvironment, MapFunction, PipelineError
 from sage_jupyter.runtime.ray import cluster as ray_cluster, orphans
 from sage_jupyter.runtime.policy import CleanupPolicy
 
-pytestmark = pytest.mark.usefixtures("ray_session")
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_session")]
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/
 
 

@@ -11,6 +11,9 @@ import textwrap
 import time
 
 import psutil
+import pytest
+
+pytestmark = pytest.mark.ray
 
 SCRIPT = textwrap.dedent("""
     import ray

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from sage_jupyter import BaseService, JobState, KeyByFunction, LocalEnvironment, MapFunction, SinkFunction
+
+pytestmark = pytest.mark.ray
 
 
 class Offset(BaseService):

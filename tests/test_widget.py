@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from sage_jupyter import BaseService, LocalEnvironment, MapFunction, SourceFunction
+from sage_jupyter import BaseService, LocalEnvironment, MapFunction, PipelineError, SourceFunction
 from sage_jupyter.jupyter import JobWidget, templates
 from sage_jupyter.runtime.job import JobHandle, status_from_dict
 
@@ -173,7 +173,7 @@ def test_graph_colours_each_stage_by_its_tasks():
     env = LocalEnvironment("graph")
     env.from_batch(range(10)).map(boom).sink(lambda x: None)
     handle = env.submit(autostop=True, block=False)
-    with pytest.raises(Exception):
+    with pytest.raises(PipelineError):
         handle.wait(30)
     status = handle.status()
     assert templates.stage_state("map:boom", status.tasks) == "FAILED"

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import sys
 
+import pytest
 import ray
 
 from sage_jupyter import BaseService, LocalEnvironment, MapFunction
 from sage_jupyter.jupyter import JobOutput, JobWidget
+
+pytestmark = pytest.mark.ray
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/
 

@@ -25,8 +25,8 @@ class DataStream:
         self._partition = partition
         self._key_factory = key_factory
 
-    def _add(self, kind: str, fn: Any, args: tuple, kwargs: dict, parallelism: int,
-             ray_remote_args: dict[str, Any] | None = None) -> "DataStream":
+    def _add(self, kind: str, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], parallelism: int,
+             ray_remote_args: dict[str, Any] | None = None) -> DataStream:
         if self._stage.kind == "sink":
             raise ValueError(f"{kind}() after sink(): a sink ends its stream; add stages before the sink")
         check_parallelism(kind, parallelism)
@@ -82,6 +82,7 @@ class DataStream:
 
 def _method_of(factory: Callable[[], Any]) -> Callable[[], Callable[[Any], Any]]:
     def make() -> Callable[[Any], Any]:
-        return factory().execute
+        execute: Callable[[Any], Any] = factory().execute
+        return execute
 
     return make

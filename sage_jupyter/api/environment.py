@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..runtime.dispatcher import Dispatcher
 from ..runtime.graph import PipelineGraph, ServiceSpec, StageSpec
@@ -13,6 +13,9 @@ from ..runtime.policy import CleanupPolicy
 from ..runtime.ray.options import check_ray_remote_args
 from .datastream import DataStream
 from .resolve import display_name, resolve_batch_source, resolve_unbounded_source
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..jobmanager.client import RemoteJobHandle
 
 BACKENDS = ("thread", "ray")
 
@@ -45,7 +48,7 @@ def ray_config(config: dict[str, Any]) -> dict[str, Any]:
 class BaseEnvironment:
     """Declares services and streams; subclasses decide where `submit` runs them."""
 
-    def __init__(self, name: str, config: dict | None = None) -> None:
+    def __init__(self, name: str, config: dict[str, Any] | None = None) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"environment name must be a non-empty string, got {name!r}")
         if config is not None and not isinstance(config, dict):
@@ -54,7 +57,7 @@ class BaseEnvironment:
         self.config: dict[str, Any] = dict(config or {})
         self._graph = PipelineGraph()
         self._services: dict[str, ServiceSpec] = {}
-        self._job: JobHandle | None = None
+        self._job: JobHandle | RemoteJobHandle | None = None  # RemoteEnvironment's is remote
 
     # ---- declaring ------------------------------------------------------------------
 
@@ -145,7 +148,7 @@ class BaseEnvironment:
         return CleanupPolicy()
 
     @property
-    def job(self) -> JobHandle | None:
+    def job(self) -> JobHandle | RemoteJobHandle | None:
         """The handle of the submitted job, if any."""
         return self._job
 
@@ -169,7 +172,7 @@ class LocalEnvironment(BaseEnvironment):
     """Runs the pipeline in this process: on threads, or on Ray actors (`backend="ray"`)."""
 
     def __init__(self, name: str = "local_environment", backend: str = "thread",
-                 config: dict | None = None, **upstream_kwargs: Any) -> None:
+                 config: dict[str, Any] | None = None, **upstream_kwargs: Any) -> None:
         super().__init__(name, config)
         if backend not in BACKENDS:
             raise ValueError(f"LocalEnvironment(backend={backend!r}): use 'thread' or 'ray'")
@@ -182,7 +185,7 @@ class LocalEnvironment(BaseEnvironment):
         return self.backend == "thread"
 
     def submit(self, autostop: bool = False, block: bool | None = None,
-               cleanup: CleanupPolicy | dict | None = None) -> JobHandle:
+               cleanup: CleanupPolicy | dict[str, Any] | None = None) -> JobHandle:
         """Start the job. With `autostop=True` every service is stopped and cleaned when the
         pipeline ends, and the call blocks until then unless `block=False`.
 

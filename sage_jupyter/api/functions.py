@@ -7,10 +7,15 @@ call; constructors may take any extra arguments, passed on from `map(Cls, *args,
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from ..runtime.context import RuntimeContext
 from ..runtime.errors import ServiceCallError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from concurrent.futures import Future
+
+    from ..runtime.services import ServiceCaller
 
 _detached_logger = logging.getLogger("sage_jupyter.user")
 
@@ -38,7 +43,7 @@ class _Servicing:
     @property
     def name(self) -> str:
         """This instance's name: set by the user, else the runtime's, else the class name."""
-        given = self.__dict__.get("_name")
+        given: str | None = self.__dict__.get("_name")
         if given is not None:
             return given
         return self.ctx.name if self.ctx is not None else type(self).__name__
@@ -48,7 +53,7 @@ class _Servicing:
         self._name = value
 
     @property
-    def call_service(self):
+    def call_service(self) -> ServiceCaller:
         """`self.call_service["cache"].get(k)` or `self.call_service("cache", k, method="get")`."""
         ctx = self.ctx
         if ctx is None or ctx.services is None:
@@ -58,7 +63,7 @@ class _Servicing:
             )
         return ctx.services
 
-    def call_service_async(self, name: str, *args: Any, method: str | None = "process", **kwargs: Any):
+    def call_service_async(self, name: str, *args: Any, method: str | None = "process", **kwargs: Any) -> Future[Any]:
         """Like `call_service(...)` but returns a `concurrent.futures.Future` at once."""
         return self.call_service.call_async(name, *args, method=method, **kwargs)
 

@@ -30,7 +30,7 @@ class RemoteEnvironment(BaseEnvironment):
     """
 
     def __init__(self, name: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: str | None = None,
-                 config: dict | None = None) -> None:
+                 config: dict[str, Any] | None = None) -> None:
         super().__init__(name, config)
         unknown = sorted(set(self.config) - set(CONFIG_KEYS))
         if unknown:
@@ -49,7 +49,7 @@ class RemoteEnvironment(BaseEnvironment):
         return self._client.address
 
     def submit(self, autostop: bool = False, block: bool | None = None,
-               cleanup: CleanupPolicy | dict | None = None, backend: str = "thread",
+               cleanup: CleanupPolicy | dict[str, Any] | None = None, backend: str = "thread",
                cancel_on_disconnect: bool = False) -> RemoteJobHandle:
         """Ship the pipeline to the JobManager and start it there.
 

@@ -30,7 +30,8 @@ def check_parallelism(method: str, parallelism: Any) -> int:
     return parallelism
 
 
-def resolve_function(kind: str, fn: Any, args: tuple, kwargs: dict) -> tuple[Callable[[], Any], str]:
+def resolve_function(kind: str, fn: Any, args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> tuple[Callable[[], Any], str]:
     """Return (factory, call style) for an operator or key function."""
     expected = EXPECTED[kind]
     if inspect.isclass(fn):
@@ -58,7 +59,7 @@ def resolve_function(kind: str, fn: Any, args: tuple, kwargs: dict) -> tuple[Cal
     )
 
 
-def _bind_extra(fn: Callable, args: tuple, kwargs: dict) -> Callable[[Any], Any]:
+def _bind_extra(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[[Any], Any]:
     def call(data: Any) -> Any:
         return fn(data, *args, **kwargs)
 
@@ -74,7 +75,8 @@ def _base_of(cls: type) -> type:
     return BaseFunction
 
 
-def resolve_batch_source(source: Any, args: tuple, kwargs: dict, method: str) -> tuple[Callable[[], Any], str]:
+def resolve_batch_source(source: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                         method: str) -> tuple[Callable[[], Any], str]:
     """`from_batch` / `from_collection`: a BatchFunction class, an iterable, or a callable
     returning an iterator."""
     if inspect.isclass(source):
@@ -110,7 +112,8 @@ def resolve_batch_source(source: Any, args: tuple, kwargs: dict, method: str) ->
     )
 
 
-def resolve_unbounded_source(source: Any, args: tuple, kwargs: dict) -> tuple[Callable[[], Any], str]:
+def resolve_unbounded_source(source: Any, args: tuple[Any, ...],
+                             kwargs: dict[str, Any]) -> tuple[Callable[[], Any], str]:
     """`from_source`: a SourceFunction class (or instance), or a zero-argument callable
     polled until the job stops."""
     if inspect.isclass(source):

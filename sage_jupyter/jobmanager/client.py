@@ -441,7 +441,7 @@ class RemoteJobHandle:
                 for fn in listeners:
                     try:
                         fn(status)
-                    except Exception:  # noqa: BLE001 - a view's bug must not stop the others
+                    except Exception:  # a view's bug must not stop the others
                         log.exception("status listener failed")
             if status.state.terminal:
                 break
@@ -495,7 +495,7 @@ class RemoteJobHandle:
                 for _, stream, text in reply["chunks"]:
                     try:
                         sink(stream, text)  # type: ignore[misc]
-                    except Exception:  # noqa: BLE001 - a broken sink must not stop the job's output
+                    except Exception:  # a broken sink must not stop the job's output
                         log.exception("output sink failed")
                 since = reply["next"]
                 if reply["done"]:

@@ -363,9 +363,11 @@ class ApiHandler(tornado.web.RequestHandler):
         try:
             value = kind(raw)
         except ValueError:
-            raise ProtocolError(400, "bad_request", f"query parameter {name!r} must be a number, got {raw!r:.40}") from None
+            raise ProtocolError(400, "bad_request",
+                                f"query parameter {name!r} must be a number, got {raw!r:.40}") from None
         if not lo <= value <= hi:
-            raise ProtocolError(400, "bad_request", f"query parameter {name!r} must be in [{lo}, {hi}], got {raw!r:.40}")
+            raise ProtocolError(400, "bad_request",
+                                f"query parameter {name!r} must be in [{lo}, {hi}], got {raw!r:.40}")
         return value
 
     def no_body(self) -> None:

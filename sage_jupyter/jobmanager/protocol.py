@@ -82,7 +82,7 @@ def to_wire(value: Any) -> Any:
     return value
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fields(cls: type) -> tuple[Field, ...]:
     return fields(cls)
 

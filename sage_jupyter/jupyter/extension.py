@@ -28,7 +28,7 @@ def publish_final_states() -> None:
     for job in JOBS.all():
         try:
             job.widget.publish_final_once()
-        except Exception:  # noqa: BLE001 - a display problem must not fail the user's cell
+        except Exception:  # a display problem must not fail the user's cell
             log.debug("final display update failed", exc_info=True)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..runtime import registry
@@ -27,7 +27,6 @@ class TrackedJob:
     handle: Any  # JobHandle or a handle with the same interface (remote)
     widget: JobWidget
     cell_id: str | None = None
-    tracked_at: float = field(default_factory=time.time)
 
     def status(self) -> JobStatus:
         return self.handle.status()

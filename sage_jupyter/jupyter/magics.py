@@ -67,7 +67,7 @@ def run_body(shell: Any, body: str) -> None:
         _render_only(exc, shell.SyntaxTB.structured_traceback(type(exc), exc, None))
         raise
     try:
-        exec(code, shell.user_ns)  # noqa: S102 - running the user's own cell is the point
+        exec(code, shell.user_ns)  # running the user's own cell is the point
     except Exception as exc:
         tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
         _render_only(exc, shell.InteractiveTB.structured_traceback(type(exc), exc, tb))
@@ -175,7 +175,8 @@ class SageMagics(Magics):
         replaced = name in SERVICES
         SERVICES[name] = ServiceDef(name, defined[0], bool(args.remote))
         where = "Ray actor" if args.remote else "thread"
-        print(f"service {name!r} = {defined[0].__name__} ({where})" + (", replacing the previous one" if replaced else ""))
+        print(f"service {name!r} = {defined[0].__name__} ({where})"
+              + (", replacing the previous one" if replaced else ""))
 
     # ---- %sage_services -------------------------------------------------------------
 

@@ -41,10 +41,6 @@ class JobOutput:
     def write(self, text: str, stream: str = "stdout") -> None:
         self(stream, text)
 
-    @property
-    def pending(self) -> bool:
-        return bool(self._pending)
-
     def flush(self) -> None:
         """Move buffered text into the Output widget, one append per run of one stream."""
         with self._flush_lock:

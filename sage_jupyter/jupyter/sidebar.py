@@ -67,7 +67,7 @@ def open_comm(comm: Any, open_msg: dict[str, Any]) -> None:
     def on_msg(msg: dict[str, Any]) -> None:
         try:
             reply = handle_message(msg["content"]["data"])
-        except Exception as exc:  # noqa: BLE001 - the sidebar gets the reason, the kernel lives on
+        except Exception as exc:  # the sidebar gets the reason, the kernel lives on
             log.exception("sidebar message failed")
             reply = {"error": f"{type(exc).__name__}: {exc}"}
         comm.send(reply)

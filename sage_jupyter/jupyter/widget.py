@@ -136,7 +136,7 @@ class JobWidget:
                 self.show(snapshot)
                 if snapshot.state.terminal:
                     break
-        except Exception:  # noqa: BLE001 - e.g. the comm went away at kernel shutdown
+        except Exception:  # e.g. the comm went away at kernel shutdown
             log.exception("job widget updater stopped")
         finally:
             self._drop_subscription()
@@ -145,7 +145,7 @@ class JobWidget:
                 self.output.flush()
                 if self.snapshot.state.terminal:
                     self.publish_final()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("job widget final update failed")
             self._finished.set()
 
@@ -174,7 +174,7 @@ class JobWidget:
         if unsubscribe is not None:
             try:
                 unsubscribe()
-            except Exception:  # noqa: BLE001 - remote handles may have lost their connection
+            except Exception:  # remote handles may have lost their connection
                 log.debug("unsubscribe failed", exc_info=True)
 
     # ---- Stop button ----------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from .context import RuntimeContext
 from .job import ErrorInfo, TaskState, TaskStatus
@@ -23,7 +23,7 @@ class JobRuntime:
     # Every task instance calls this exactly once when it ends, from any thread.
     on_task_end: Callable[[str, TaskState, ErrorInfo | None], None]
     stop_requested: threading.Event
-    services: dict  # name -> ServiceHost, for backends that place calls themselves
+    services: dict[str, Any]  # name -> ServiceHost, for backends that place calls themselves
     output: "Callable[[str, str], None] | None" = None  # (stream, text) from workers
 
 

@@ -21,7 +21,7 @@ class EndOfStream:
             cls._instance = super().__new__(cls)
         return cls._instance
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[EndOfStream], tuple[()]]:
         return (EndOfStream, ())
 
     def __repr__(self) -> str:
@@ -70,6 +70,3 @@ class Channel:
             self._aborted = True
             self._not_empty.notify_all()
             self._not_full.notify_all()
-
-    def __len__(self) -> int:
-        return len(self._items)

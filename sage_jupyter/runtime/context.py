@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .services import ServiceCaller
 
 
 @dataclass
@@ -20,7 +23,7 @@ class RuntimeContext:
     env_name: str
     parallel_index: int = 0
     parallelism: int = 1
-    services: Any = None  # a ServiceCaller
+    services: ServiceCaller | None = None
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("sage_jupyter.user"))
     emit: Callable[[Any], None] | None = None
 

@@ -151,7 +151,7 @@ class Dispatcher:
                              self._stop_requested, self.hosts, self._output)
         try:
             self.backend.launch(self.plan, runtime)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001 - fails the job, then the cleanup path runs
             self._fail(error_info(f"{self.backend_name} backend launch", exc))
             self.backend.abort()
             self._finalize()
@@ -181,8 +181,6 @@ class Dispatcher:
             self._tasks_done.set()
             if self.autostop or self._stop_requested.is_set() or self.error is not None:
                 self._finalize()
-
-    receive_node_stop_signal = _task_ended
 
     def _fail(self, error: ErrorInfo) -> None:
         with self._lock:
@@ -322,5 +320,5 @@ class Dispatcher:
         for listener in listeners:
             try:
                 listener(snap)
-            except Exception:  # noqa: BLE001 - a view's bug must not break the job
+            except Exception:  # a view's bug must not break the job
                 log.exception("status listener failed")

@@ -10,15 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-# How a stage's object is driven.
+# How a stage's object is driven (`StageSpec.call`).
 #   "method": factory() returns an object; the runtime attaches `ctx` and calls `.execute`.
 #   "plain":  factory() returns a plain callable used as the execute function.
 #   "iter":   (sources) factory() returns an iterable; each item is a record.
-CALL_STYLES = ("method", "plain", "iter")
-KINDS = ("source", "map", "filter", "flatmap", "sink")
-PARTITIONS = ("forward", "hash", "broadcast")
-
-
 @dataclass
 class StageSpec:
     """One operator of the logical graph."""

@@ -137,10 +137,6 @@ class ServiceCleanup:
     def ok(self) -> bool:
         return self.stop.ok and self.cleanup.ok and self.killed is not False
 
-    @property
-    def cleaned(self) -> bool:
-        return self.ok
-
     def describe(self) -> str:
         if self.ok:
             return "ok"
@@ -227,7 +223,8 @@ class JobStatus:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (enums as strings), for comms and the wire."""
-        return _jsonable(asdict(self))
+        snapshot: dict[str, Any] = _jsonable(asdict(self))
+        return snapshot
 
 
 def _jsonable(value: Any) -> Any:
@@ -243,10 +240,10 @@ def _jsonable(value: Any) -> Any:
 def status_from_dict(d: dict[str, Any]) -> JobStatus:
     """Inverse of `JobStatus.to_dict`, used by the JobManager client."""
 
-    def err(e: dict | None) -> ErrorInfo | None:
+    def err(e: dict[str, Any] | None) -> ErrorInfo | None:
         return ErrorInfo(**e) if e else None
 
-    def hook(h: dict) -> HookOutcome:
+    def hook(h: dict[str, Any]) -> HookOutcome:
         return HookOutcome(**h)
 
     report = d.get("cleanup_report")

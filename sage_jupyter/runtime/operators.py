@@ -46,18 +46,18 @@ class Operator:
         else:  # "plain": the callable itself; "iter": the iterable
             self.obj, self.fn = built, built
 
-    def step(self) -> Callable[[list], list | None]:
+    def step(self) -> Callable[[list[Any]], list[Any] | None]:
         """A function that runs this operator over one batch."""
         fn, op, kind = self.fn, self, self.stage.kind
 
         if kind == "map":
-            def run(batch: list) -> list:
+            def run(batch: list[Any]) -> list[Any] | None:
                 op.records_in += len(batch)
                 out = [y for y in map(fn, batch) if y is not None]  # None drops it, as upstream
                 op.records_out += len(out)
                 return out
         elif kind == "filter":
-            def run(batch: list) -> list:
+            def run(batch: list[Any]) -> list[Any] | None:
                 op.records_in += len(batch)
                 out = [x for x in batch if fn(x)]
                 op.records_out += len(out)
@@ -65,9 +65,9 @@ class Operator:
         elif kind == "flatmap":
             ctx = self.ctx
 
-            def run(batch: list) -> list:
+            def run(batch: list[Any]) -> list[Any] | None:
                 op.records_in += len(batch)
-                out: list = []
+                out: list[Any] = []
                 ctx.emit = out.append  # what `self.collect(x)` calls
                 try:
                     for x in batch:
@@ -79,7 +79,7 @@ class Operator:
                 op.records_out += len(out)
                 return out
         elif kind == "sink":
-            def run(batch: list) -> None:
+            def run(batch: list[Any]) -> list[Any] | None:
                 for x in batch:
                     fn(x)
                 op.records_in += len(batch)
@@ -106,12 +106,12 @@ class ChainRunner:
         self.index = index
         self._make_ctx = make_ctx
         self.ops: list[Operator] = []
-        self._steps: list[tuple[Operator, Callable[[list], list | None]]] = []
+        self._steps: list[tuple[Operator, Callable[[list[Any]], list[Any] | None]]] = []
         self.current: Operator | None = None  # the operator running now, for error messages
 
     def open(self) -> None:
         """Build every operator (user constructors run here, in the task's worker)."""
-        for stage, label in zip(self.chain.stages, self.chain.labels):
+        for stage, label in zip(self.chain.stages, self.chain.labels, strict=True):
             self._opening = label
             ctx = self._make_ctx(label, self.index, self.chain.parallelism)
             op = Operator(stage, label, self.index, ctx)
@@ -129,18 +129,19 @@ class ChainRunner:
             return self.current.label
         return self._opening or (self.ops[-1].label if self.ops else self.chain.labels[0])
 
-    def process(self, batch: list) -> list | None:
+    def process(self, batch: list[Any]) -> list[Any] | None:
         for op, run in self._steps:
             self.current = op
-            batch = run(batch)
-            if not batch:
+            out = run(batch)
+            if not out:
                 self.current = None
                 return None
+            batch = out
         self.current = None
         return batch
 
     def run_source(self, should_stop: Callable[[], bool], wait_stop: Callable[[float], Any],
-                   emit: Callable[[list], None]) -> bool:
+                   emit: Callable[[list[Any]], None]) -> bool:
         """Pull records from the source until it ends or a stop is requested.
 
         Returns True if the source was exhausted, False if it was stopped.
@@ -187,7 +188,7 @@ class ChainRunner:
                 backoff = min(POLL_BACKOFF_MAX_S, backoff * 2 or 0.001)
                 wait_stop(backoff)
 
-    def run_to_end(self, get: Callable[[], Any] | None, routes: list[Callable[[list], None]],
+    def run_to_end(self, get: Callable[[], Any] | None, routes: list[Callable[[list[Any]], None]],
                    should_stop: Callable[[], bool], wait_stop: Callable[[float], Any]) -> bool:
         """Run until this instance's input ends: the source is exhausted or stopped, or one
         end marker came from every upstream instance. Then close every operator.
@@ -199,6 +200,7 @@ class ChainRunner:
         if self.chain.is_source:
             stopped = not self.run_source(should_stop, wait_stop, send)
         else:
+            assert get is not None, "a chain with upstreams reads its input channel"
             ends, expected, process = 0, self.chain.ends_expected, self.process
             while ends < expected:
                 batch = get()
@@ -232,12 +234,12 @@ class ChainRunner:
                 pass
 
 
-def fan_out(routes: list[Callable[[list], None]]) -> Callable[[list], None]:
+def fan_out(routes: list[Callable[[list[Any]], None]]) -> Callable[[list[Any]], None]:
     """One send function over every output edge (none: the records are dropped)."""
     if len(routes) == 1:
         return routes[0]
 
-    def send(batch: list) -> None:
+    def send(batch: list[Any]) -> None:
         for route in routes:
             route(batch)
 
@@ -260,21 +262,21 @@ def stable_hash(key: Any) -> int:
     return hash(key)
 
 
-def make_route(edge: EdgeSpec, index: int, put: list[Callable[[Any], None]]) -> Callable[[list], None]:
+def make_route(edge: EdgeSpec, index: int, put: list[Callable[[Any], None]]) -> Callable[[list[Any]], None]:
     """How one producer instance sends a batch over `edge`; `put[i]` feeds consumer i."""
     n = len(put)
     if edge.mode == "pointwise":
         return put[index]
     if edge.mode == "broadcast":
-        def broadcast(batch: list) -> None:
+        def broadcast(batch: list[Any]) -> None:
             for p in put:
                 p(batch)
         return broadcast
     if edge.mode == "hash":
         key = edge.key_factory() if edge.key_factory else (lambda x: x)
 
-        def by_key(batch: list) -> None:
-            buckets: list[list] = [[] for _ in range(n)]
+        def by_key(batch: list[Any]) -> None:
+            buckets: list[list[Any]] = [[] for _ in range(n)]
             for x in batch:
                 buckets[stable_hash(key(x)) % n].append(x)
             for i, bucket in enumerate(buckets):
@@ -283,7 +285,7 @@ def make_route(edge: EdgeSpec, index: int, put: list[Callable[[Any], None]]) -> 
         return by_key
     counter = itertools.count(index)  # rebalance, staggered by producer
 
-    def round_robin(batch: list) -> None:
+    def round_robin(batch: list[Any]) -> None:
         put[next(counter) % n](batch)
     return round_robin
 

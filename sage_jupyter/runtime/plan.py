@@ -24,7 +24,6 @@ class EdgeSpec:
     dst: int
     mode: str
     src_parallelism: int
-    dst_parallelism: int
     key_factory: Callable[[], Callable[[Any], Any]] | None = None
 
     def ends_per_consumer(self) -> int:
@@ -91,7 +90,7 @@ def build_plan(graph: PipelineGraph, chaining: bool = True) -> Plan:
         for up_id in head.upstream:
             src = chains[chain_of[up_id]]
             edge = EdgeSpec(src.id, chain.id, _mode(head, src.parallelism), src.parallelism,
-                            chain.parallelism, head.key_factory if head.partition == "hash" else None)
+                            head.key_factory if head.partition == "hash" else None)
             src.outputs.append(edge)
             chain.inputs.append(edge)
     return Plan(chains, labels)

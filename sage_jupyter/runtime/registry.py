@@ -11,7 +11,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING
 
-from .policy import EXIT_POLICY
+from .policy import EXIT_POLICY, CleanupPolicy
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dispatcher import Dispatcher
@@ -40,7 +40,7 @@ def live_jobs() -> list["Dispatcher"]:
         return list(_live)
 
 
-def stop_all(policy=EXIT_POLICY, timeout: float = 2.0) -> None:
+def stop_all(policy: CleanupPolicy = EXIT_POLICY, timeout: float = 2.0) -> None:
     """Stop every live job of this process under a short policy; wait at most `timeout`."""
     import time
 

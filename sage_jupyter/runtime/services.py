@@ -12,10 +12,12 @@ import contextlib
 import threading
 import time
 import traceback
+from concurrent.futures import Future
 from typing import Any, Callable
 
 from .context import RuntimeContext
 from .errors import ServiceCallError
+from .executor import DaemonExecutor
 from .graph import ServiceSpec
 from .job import ErrorInfo, HookOutcome, ServiceCleanup, ServiceState, ServiceStatus
 from .policy import CleanupPolicy
@@ -40,7 +42,7 @@ def tag_service_error(exc: BaseException, service: str, method: str) -> None:
             exc.args = (f"{tag} {exc.args[0]}",) + tuple(exc.args[1:])
         elif hasattr(exc, "add_note"):
             exc.add_note(f"raised by {tag}")
-        exc._sage_tagged = True  # type: ignore[attr-defined]
+        exc._sage_tagged = True  # type: ignore[attr-defined]  # a marker on the user's exception
     except Exception:  # noqa: BLE001 - some exception types refuse new attributes
         pass
 
@@ -190,7 +192,7 @@ class ServiceCaller:
     `call_service("cache", key, method="get", timeout=10)`.
     """
 
-    def __init__(self, hosts: dict[str, ServiceHost], executor_factory: Callable[[], Any]) -> None:
+    def __init__(self, hosts: dict[str, ServiceHost], executor_factory: Callable[[], DaemonExecutor]) -> None:
         self._hosts = hosts
         self._proxies: dict[str, ServiceProxy] = {}
         self._executor_factory = executor_factory
@@ -225,7 +227,7 @@ class ServiceCaller:
                 raise
             raise TimeoutError(f"service {name!r}.{method}() did not answer within {timeout:g} s") from exc
 
-    def call_async(self, name: str, *args: Any, method: str | None = "process", **kwargs: Any):
+    def call_async(self, name: str, *args: Any, method: str | None = "process", **kwargs: Any) -> Future[Any]:
         """Run a service call on the job's call pool; returns a `concurrent.futures.Future`."""
         kwargs.pop("timeout", None)  # a Future has its own timeout in .result()
         call = getattr(self[name], method or "process")

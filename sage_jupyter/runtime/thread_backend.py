@@ -6,7 +6,7 @@ from .backend import JobRuntime, TaskBackend, chain_statuses
 from .channels import END, Aborted, Channel
 from .job import ErrorInfo, TaskState, TaskStatus
 from .operators import ChainRunner, end_targets, make_route
-from .plan import ChainSpec, Plan
+from .plan import ChainSpec, EdgeSpec, Plan
 from .services import error_info
 from .threads import spawn
 
@@ -15,7 +15,7 @@ CHANNEL_CAPACITY = 16  # batches per consumer instance: at most ~16k records in 
 
 class ThreadTask:
     def __init__(self, chain: ChainSpec, index: int, job: JobRuntime,
-                 inbox: Channel | None, outputs: list[tuple]) -> None:
+                 inbox: Channel | None, outputs: list[tuple[EdgeSpec, list[Channel]]]) -> None:
         self.chain = chain
         self.index = index
         self.job = job

@@ -20,6 +20,7 @@ def current_output() -> OutputSink | None:
 def spawn(target: Callable[[], None], name: str, output: OutputSink | None = None,
           start: bool = True) -> threading.Thread:
     thread = threading.Thread(target=target, name=name, daemon=True)
+    # The sink rides on the Thread object itself (read back by current_output); Thread declares no such attribute.
     thread.sage_output = output if output is not None else current_output()  # type: ignore[attr-defined]
     if start:
         thread.start()

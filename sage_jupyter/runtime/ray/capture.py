@@ -97,7 +97,7 @@ def deliver_output(chunks: Iterable[tuple[str, str]], sink: Callable[[str, str],
             try:
                 sink(stream, text)
                 continue
-            except Exception:  # noqa: BLE001, S110 - a broken view must not lose the text
+            except Exception:  # noqa: BLE001 - a broken view must not lose the text
                 pass
         target = sys.stderr if stream == "stderr" else sys.stdout
         target.write(text)

@@ -39,9 +39,10 @@ def _problem(key: str, value: Any) -> str | None:
         return None if ok else "a dict of resource name -> number >= 0"
     if key == "scheduling_strategy":
         if isinstance(value, str):
-            return None if value in ("DEFAULT", "SPREAD") else "'DEFAULT', 'SPREAD' or a ray.util.scheduling_strategies object"
-        module = type(value).__module__
-        return None if module.startswith("ray.util") else "'DEFAULT', 'SPREAD' or a ray.util.scheduling_strategies object"
+            known = value in ("DEFAULT", "SPREAD")
+        else:  # a strategy object of ray.util.scheduling_strategies
+            known = type(value).__module__.startswith("ray.util")
+        return None if known else "'DEFAULT', 'SPREAD' or a ray.util.scheduling_strategies object"
     if key == "runtime_env":
         return None if isinstance(value, dict) else "a dict"
     if key == "accelerator_type":
@@ -58,7 +59,7 @@ def check_ray_remote_args(where: str, args: Any) -> dict[str, Any] | None:
     if args is None:
         return None
     if not isinstance(args, dict):
-        raise ValueError(f"{where}: ray_remote_args must be a dict, got {type(args).__name__}")  # noqa: TRY004 - the contract says ValueError
+        raise ValueError(f"{where}: ray_remote_args must be a dict, got {type(args).__name__}")
     accepted = accepted_keys()
     for key, value in args.items():
         if key not in accepted:

@@ -40,9 +40,11 @@ def pack_error(exc: BaseException, note: str) -> bytes:
     """Pickle an exception for the caller, with the remote traceback as a note; an
     exception that cannot be pickled becomes a RuntimeError carrying its text."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    add_note = getattr(exc, "add_note", None)  # Python 3.11+
     try:
-        exc.add_note(f"{note}:\n{tb.rstrip()}")
-    except Exception:  # noqa: BLE001, S110 - exotic exceptions refuse notes
+        if add_note is not None:
+            add_note(f"{note}:\n{tb.rstrip()}")
+    except Exception:  # noqa: BLE001 - exotic exceptions refuse notes
         pass
     try:
         return dumps(exc)
@@ -114,7 +116,8 @@ class ServiceActor:
             return ("err", pack_error(exc, f"remote traceback (Ray actor of service {self._name!r})"),
                     self._capture.drain())
 
-    def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Any, list[tuple[str, str]]]:
+    def call(self, method: str, args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> tuple[str, Any, list[tuple[str, str]]]:
         try:
             if not self._accepting:
                 raise ServiceCallError(f"service {self._name!r} is stopping; it takes no more calls")
@@ -433,5 +436,5 @@ class RayServiceHost(ServiceHost):
             calls, output = ray.get(ref, timeout=1.0)
             self.calls = max(self.calls, calls)
             deliver_output(output, self._sink)
-        except Exception:  # noqa: BLE001, S110 - the actor may be gone already
+        except Exception:  # noqa: BLE001 - the actor may be gone already
             pass

@@ -140,7 +140,7 @@ class ChainActor:
             runner = self._runner = ChainRunner(chain, index, self._make_ctx)
             self._links = [[_Link(h, self._task_name, self) for h in handles] for handles in self._outputs]
             routes = [make_route(edge, index, [link.put for link in links])
-                      for edge, links in zip(chain.outputs, self._links)]
+                      for edge, links in zip(chain.outputs, self._links, strict=True)]
             runner.open()
             state = self._drive(chain, runner, routes)
         except Aborted:
@@ -166,7 +166,7 @@ class ChainActor:
         stopped = runner.run_to_end(self._inbox.get, routes, stop.is_set, stop.wait)
         if self.aborted:
             raise Aborted()
-        for edge, links in zip(chain.outputs, self._links):
+        for edge, links in zip(chain.outputs, self._links, strict=True):
             for i in end_targets(edge, self._index, len(links)):
                 links[i].put(END)
         for links in self._links:
@@ -479,7 +479,7 @@ class RayBackend(TaskBackend):
         for ref in ready:
             try:
                 ray.get(ref)
-            except Exception:  # noqa: BLE001, S110 - expected: the actor is dead
+            except Exception:  # noqa: BLE001 - expected: the actor is dead
                 pass
 
     def task_statuses(self) -> list[TaskStatus]:
