@@ -21,10 +21,28 @@ def ray_session():
 
     if not ray.is_initialized():
         os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="sgr", dir="/tmp"))
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20,
-                 log_to_driver=False, configure_logging=False)
+        with_retries(lambda: ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20,
+                                      log_to_driver=False, configure_logging=False), ray.shutdown)
     yield ray
     ray.shutdown()
+
+
+def with_retries(start, undo=lambda: None, attempts: int = 3):
+    """Ray gives a node 30 s to register with its GCS; on a loaded machine that can pass, so
+    try again after undoing and killing the processes the failed attempt started."""
+    import psutil
+
+    for attempt in range(attempts):
+        before = {p.pid for p in psutil.Process().children(recursive=True)}
+        try:
+            return start()
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            undo()
+            for child in psutil.Process().children(recursive=True):
+                if child.pid not in before:
+                    child.kill()
 
 
 def pytest_collection_modifyitems(items):
@@ -48,27 +66,18 @@ def ray_cluster():
     cluster.shutdown()
 
 
-def _start_cluster(attempts: int = 3):
-    """Ray gives a node 30 s to register; on a loaded machine that can pass, so try again
-    after killing what the failed attempt started."""
-    import psutil
+def _start_cluster():
     from ray.cluster_utils import Cluster
 
-    small = dict(num_cpus=1, object_store_memory=100 * 2**20)
-    for attempt in range(attempts):
-        before = {p.pid for p in psutil.Process().children(recursive=True)}
-        try:
-            cluster = Cluster(initialize_head=True,
-                              head_node_args={**small, "resources": {"head_node": 1}, "include_dashboard": False})
-            cluster.worker = cluster.add_node(**small, resources={"worker_node": 1})
-            cluster.wait_for_nodes()
-            return cluster
-        except Exception:
-            if attempt == attempts - 1:
-                raise
-            for child in psutil.Process().children(recursive=True):
-                if child.pid not in before:
-                    child.kill()
+    def start():
+        small = {"num_cpus": 1, "object_store_memory": 100 * 2**20}
+        cluster = Cluster(initialize_head=True,
+                          head_node_args={**small, "resources": {"head_node": 1}, "include_dashboard": False})
+        cluster.worker = cluster.add_node(**small, resources={"worker_node": 1})
+        cluster.wait_for_nodes()
+        return cluster
+
+    return with_retries(start)
 
 
 def sage_threads() -> list[threading.Thread]:

@@ -110,12 +110,14 @@ def test_the_jobmanager_attached_to_the_cluster_spreads_a_job_and_cleans_it(ray_
         assert daemon.stop() == 0
 
 
+@pytest.mark.kernel
 def test_the_ray_notebook_runs_unchanged_against_the_cluster(ray_cluster):
     from test_notebooks import execute
 
     execute("03_ray.ipynb", {"RAY_ADDRESS": ray_cluster.address})
 
 
+@pytest.mark.kernel
 def test_the_cluster_notebook(ray_cluster):
     from test_notebooks import execute
 
