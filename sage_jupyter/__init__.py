@@ -11,6 +11,7 @@ from typing import Any
 from .api import (BaseEnvironment, BaseFunction, BaseService, BatchFunction, DataStream, FilterFunction,
                   FlatMapFunction, KeyByFunction, LocalEnvironment, MapFunction, SinkFunction,
                   SourceFunction)
+from .api import BaseCoMapFunction, BaseJoinFunction, ConnectedStreams
 from .runtime.errors import PipelineError, ServiceCallError
 from .runtime.job import (CleanupReport, JobHandle, JobState, JobStatus, ServiceCleanup, ServiceState,
                           ServiceStatus, TaskState, TaskStatus)
@@ -27,6 +28,7 @@ __all__ = [
     "FlatMapFunction", "SinkFunction", "KeyByFunction", "CleanupPolicy", "CleanupReport",
     "ServiceCleanup", "JobHandle", "JobState", "JobStatus", "TaskState", "TaskStatus",
     "ServiceState", "ServiceStatus", "PipelineError", "ServiceCallError",
+    "ConnectedStreams", "BaseCoMapFunction", "BaseJoinFunction",
 ]
 
 

@@ -20,6 +20,14 @@ def backend(request):
     return request.param
 
 
+def own_frames(traceback_text: str) -> list[str]:
+    """The traceback's frame lines that point into sage_jupyter's own files."""
+    import sage_jupyter
+
+    package = os.path.dirname(sage_jupyter.__file__)
+    return [line for line in traceback_text.splitlines() if line.strip().startswith(f'File "{package}')]
+
+
 def assert_no_live_actors(job, backend: str) -> None:
     if backend == "ray":
         assert live_actors(job) == [], "actors still alive after the job ended"
@@ -84,13 +92,19 @@ def test_autostop_cleans_services_and_reports(backend, tmp_path, no_thread_leak)
 
 def test_stage_failure_raises_pipeline_error_naming_it(backend, tmp_path, no_thread_leak):
     env = LocalEnvironment("failing", backend=backend)
-    env.from_batch(range(100)).map(Boom, 40).sink(FileSink, str(tmp_path))
+    env.from_batch(range(100)).map(Boom, 40).map(lambda x: x + 1).sink(FileSink, str(tmp_path))
     with pytest.raises(PipelineError) as info:
         env.submit(autostop=True)
     err = info.value
     assert "map:Boom" in err.stage and "(instance 0)" in err.stage
     assert "ZeroDivisionError: record 40 in pid" in err.traceback
     assert "raise ZeroDivisionError(" in err.traceback  # the user's own line
+    # one chained task: only the operator that raised is FAILED, the rest of its chain STOPPED
+    states = {t.stage: t.state.value for t in env.job.status().tasks}
+    assert states == {"source:range": "STOPPED", "map:Boom": "FAILED", "map:lambda": "STOPPED",
+                      "sink:FileSink": "STOPPED"}
+    assert [t.stage for t in env.job.status().tasks if t.error is not None] == ["map:Boom"]
+    assert own_frames(err.traceback) == [] and own_frames(err.error.full_traceback) != []
     # on Ray the traceback comes from the actor's process
     assert (f"in pid {os.getpid()}" in err.traceback) is (backend == "thread")
     assert env.job.state is JobState.FAILED

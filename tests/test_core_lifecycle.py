@@ -197,6 +197,9 @@ def test_a_raising_constructor_is_named():
             super().__init__()
             raise RuntimeError("model file missing")
 
+        def execute(self, data):
+            return data
+
     env = LocalEnvironment("ctor")
     env.from_batch([1]).map(Double).map(NoInit).sink(lambda x: None)
     with pytest.raises(PipelineError, match="stage 'map:NoInit' \\(instance 0\\).*model file missing"):

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+import sage_jupyter
 from sage_jupyter import (BaseService, JobHandle, JobState, JobStatus, MapFunction, PipelineError, RemoteEnvironment,
                           SinkFunction)
 from sage_jupyter.jobmanager import JobManagerError, RemoteJobHandle
+from sage_jupyter.runtime.job import TaskState
 from tests.pipelines import Ticks
 
 
@@ -113,6 +115,10 @@ def test_failure_in_a_remote_stage_raises_pipeline_error_naming_it(daemon, tmp_p
     err = info.value
     assert "map:Boom" in err.stage and "bad record 3" in str(err)
     assert "ValueError: bad record 3" in err.traceback and "in execute" in err.traceback  # remote traceback
+    # the protocol carries both texts: the user's frames, and every frame of the daemon's runtime
+    package = f'File "{os.path.dirname(sage_jupyter.__file__)}'
+    assert package not in err.traceback and package in err.error.full_traceback
+    assert [t.stage for t in env.job.status().tasks if t.state is TaskState.FAILED] == ["map:Boom"]
     assert env.job.state is JobState.FAILED
     assert marker.exists() and env.job.cleanup_report.reason == "failed"  # still cleaned on failure
     env.close()
@@ -281,3 +287,22 @@ def test_forward_output_gives_a_new_sink_everything_from_the_start(daemon):
         time.sleep(0.02)
     assert "".join(t for _, t in got) == "0\n1\n2\n" and {s for s, _ in got} == {"stdout"}
     env.close()
+
+
+def test_one_poller_per_remote_job_feeds_its_subscribers_and_its_output(daemon):
+    env = RemoteEnvironment("one-poller", port=daemon.port, token=daemon.token, config={"forward_output": False})
+    env.from_source(Ticks, 0.01).map(lambda x: print(f"tick {x}") or x).sink(lambda x: None)
+    job = env.submit(autostop=True, block=False)
+    states: list[JobState] = []
+    printed = threading.Event()
+    job.subscribe(lambda s: states.append(s.state))
+    job.forward_output(lambda stream, text: printed.set())
+    assert printed.wait(30)
+    threads = [t.name for t in threading.enumerate() if t.name.startswith(f"sage-remote:{job.job_id}")]
+    assert threads == [f"sage-remote:{job.job_id}:poll"]
+    assert job.stop() is JobState.STOPPED
+    deadline = time.monotonic() + 30
+    while (not states or states[-1] is not JobState.STOPPED) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert states[0] is JobState.RUNNING and states[-1] is JobState.STOPPED
+    job.close()

@@ -15,9 +15,10 @@ import sys
 
 import pytest
 
+from sage_jupyter import RemoteEnvironment
 from sage_jupyter.jobmanager import JobManagerClient, JobManagerError
 from sage_jupyter.jobmanager.launch import start_daemon
-from sage_jupyter.jobmanager.protocol import client_info
+from sage_jupyter.jobmanager.protocol import client_info, is_loopback
 
 MAX_BODY = 1024 * 1024
 
@@ -242,9 +243,73 @@ def test_status_on_the_wire_is_exactly_job_status_to_dict():
     assert status_from_dict(json.loads(json.dumps(to_wire(status)))) == status
 
 
-def test_a_port_in_use_is_a_clear_startup_error(daemon):
+def test_a_port_in_use_is_a_clear_startup_error(daemon, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "SAGE_JOBMANAGER_TOKEN"}
     done = subprocess.run([sys.executable, "-m", "sage_jupyter.jobmanager", "--port", str(daemon.port),
-                           "--token", "t"], env=env, capture_output=True, text=True, timeout=60)
+                           "--token", "t", "--state-dir", str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and f"cannot listen on 127.0.0.1:{daemon.port}" in done.stderr
     assert still_serving(daemon)
+
+
+def test_a_submission_over_the_limit_names_the_limit_before_sending(daemon):
+    env = RemoteEnvironment("big", port=daemon.port, token=daemon.token, config={"forward_output": False})
+    env.from_batch([b"x" * (16 * MAX_BODY)]).sink(lambda x: None)  # the data rides inside the pipeline
+    with pytest.raises(JobManagerError) as err:
+        env.submit(autostop=True)
+    assert err.value.status == 413 and err.value.code == "too_large"
+    assert f"limit of {MAX_BODY:,} bytes" in str(err.value) and "--max-body-mb" in str(err.value)
+    assert still_serving(daemon)
+
+
+def test_deeply_nested_json_is_a_json_400(daemon):
+    status, reply = call(daemon, "POST", "/api/v1/jobs", body=b"[" * 200_000 + b"]" * 200_000)
+    assert status == 400 and reply["error"]["code"] == "malformed_body"
+    assert "deeply" in reply["error"]["message"]
+    assert still_serving(daemon)
+
+
+@pytest.mark.parametrize("length", ["-5", "+40000000", "12abc", "1e3"])
+def test_a_malformed_content_length_is_a_json_400(daemon, length):
+    reply = raw(daemon, b"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: token " + daemon.token.encode()
+                + b"\r\nContent-Length: " + length.encode() + b"\r\n\r\n", half_close=False)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), reply[:200]
+    error = json.loads(body)["error"]
+    assert error["code"] == "bad_request" and "Content-Length" in error["message"] and length in error["message"]
+    assert still_serving(daemon)
+
+
+def test_a_chunked_upload_over_the_limit_in_one_chunk_is_a_json_413(daemon):
+    size = 2 * MAX_BODY  # one chunk announcing more than the limit at once
+    reply = raw(daemon, b"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: token " + daemon.token.encode()
+                + b"\r\nTransfer-Encoding: chunked\r\n\r\n" + f"{size:x}\r\n".encode() + b"x" * size + b"\r\n0\r\n\r\n",
+                half_close=False)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert json.loads(body.split(b"}}")[0] + b"}}")["error"]["code"] == "too_large"
+    assert still_serving(daemon)
+
+
+def test_loopback_is_decided_on_the_resolved_addresses():
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("127.evil.example.com")  # looks like loopback, is a name elsewhere
+    assert not is_loopback("0.0.0.0")
+    env = {k: v for k, v in os.environ.items() if k != "SAGE_JOBMANAGER_TOKEN"}
+    done = subprocess.run([sys.executable, "-m", "sage_jupyter.jobmanager", "--port", "0",
+                           "--host", "127.evil.example.com"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "a token is required" in done.stderr
+
+
+def test_query_strings_never_reach_the_log(tmp_path):
+    log_file = tmp_path / "daemon.log"
+    proc = start_daemon(args=["-v", "--log-file", str(log_file)])
+    try:
+        secret = "s3cr3t-in-the-url"
+        status, reply = call(proc, "GET", f"/api/v1/jobs?token={secret}&x=1", token=None)
+        assert status == 401 and reply["error"]["code"] == "missing_token"
+    finally:
+        assert proc.stop() == 0
+    text = log_file.read_text()
+    assert "401 GET /api/v1/jobs?<redacted>" in text  # refused, logged at WARNING, without the query
+    assert secret not in text

@@ -140,22 +140,69 @@ def test_sage_stop_and_status(kernel):
     assert len(again.stream("stderr").splitlines()) == 1
 
 
-def test_sidebar_comm_lists_and_stops_jobs(kernel):
-    kernel.ok("%%sage_pipeline sided\nenv.from_source(Forever).sink(lambda x: None)\n")
+def test_sidebar_comm_is_fed_by_pushes_and_answers_actions(kernel):
     comm_id = uuid.uuid4().hex
     msg = kernel.kc.session.msg("comm_open", {"comm_id": comm_id, "target_name": "sage_jupyter", "data": {}})
     kernel.kc.shell_channel.send(msg)
-    replies = _comm_replies(kernel, comm_id, 1)
-    sided = [j for j in replies[0]["jobs"] if j["display_name"] == "sided"]
-    assert sided and sided[0]["state"] == "RUNNING" and sided[0]["tasks"]
-    msg = kernel.kc.session.msg("comm_msg", {"comm_id": comm_id, "data": {"action": "stop", "name": "sided"}})
+    first = _comm_replies(kernel, comm_id, 1)[0]
+    assert "palette" in first and first["palette"]["FAILED"].startswith("background:var(--jp-error-color1")
+    # from here the frontend sends nothing: the kernel pushes every change itself
+    kernel.ok("%%sage_pipeline sided\nenv.from_source(Forever).sink(lambda x: None)\n", cell_id="cell-sided")
+    running = _pushed_job(kernel, comm_id, "sided", lambda j: j["state"] == "RUNNING")
+    assert running["cell_id"] == "cell-sided" and running["terminal"] is False
+    assert {"elapsed_s", "records_in", "records_out", "elapsed", "records"} <= set(running)
+    kernel.ok("h = __import__('sage_jupyter.jupyter.jobs', fromlist=['JOBS']).JOBS.find('sided').handle\n"
+              "h.stop(wait=True, timeout=30)")
+    stopped = _pushed_job(kernel, comm_id, "sided", lambda j: j["state"] == "STOPPED")
+    assert stopped["terminal"] is True
+    # once every job of the kernel has ended nothing changes, and nothing is pushed
+    kernel.ok("from sage_jupyter.jupyter.jobs import JOBS, stop_jobs\nassert not stop_jobs(JOBS.all(), 30)")
+    deadline = time.monotonic() + 30
+    while not all(j["terminal"] for j in _comm_replies(kernel, comm_id, 1)[-1]["jobs"]):
+        assert time.monotonic() < deadline, "no push showed every job ended"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    pushes = len(_comm_replies(kernel, comm_id, 1))
+    time.sleep(1.5)
+    assert len(_comm_replies(kernel, comm_id, 1)) == pushes
+
+    # actions: stop by job id (through the handle), clear finished, unknown
+    kernel.ok("%%sage_pipeline other\nenv.from_source(Forever).sink(lambda x: None)\n", cell_id="cell-other")
+    other = _pushed_job(kernel, comm_id, "other", lambda j: j["state"] == "RUNNING")
+    _action(kernel, comm_id, {"action": "stop", "job_id": other["job_id"]})
+    _pushed_job(kernel, comm_id, "other", lambda j: j["state"] == "STOPPED")
+    _action(kernel, comm_id, {"action": "clear_finished"})
+    last = _comm_replies(kernel, comm_id, 1)[-1]
+    assert not [j for j in last["jobs"] if j["terminal"]]
+    _action(kernel, comm_id, {"action": "nope"})
+    assert "unknown action" in _comm_replies(kernel, comm_id, 1)[-1]["error"]
+
+
+def test_a_rerun_job_keeps_its_place_in_the_list(kernel):
+    kernel.ok("%%sage_pipeline first\nenv.from_batch(range(3)).sink(lambda x: None)\n", cell_id="c-first")
+    kernel.ok("%%sage_pipeline second\nenv.from_batch(range(3)).sink(lambda x: None)\n", cell_id="c-second")
+    kernel.ok("%%sage_pipeline first\nenv.from_batch(range(3)).sink(lambda x: None)\n", cell_id="c-first")
+    run = kernel.ok("from sage_jupyter.jupyter.jobs import JOBS\nprint([j.name for j in JOBS.all()])")
+    names = eval(run.stream().strip())
+    assert names.index("first") < names.index("second")
+
+
+def _pushed_job(kernel: Kernel, comm_id: str, name: str, ready) -> dict:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for payload in reversed(_comm_replies(kernel, comm_id, 1)):
+            job = next((j for j in payload.get("jobs", []) if j["name"] == name), None)
+            if job is not None and ready(job):
+                return job
+        time.sleep(0.05)
+    raise AssertionError(f"no push showed job {name!r} as expected")
+
+
+def _action(kernel: Kernel, comm_id: str, data: dict) -> None:
+    before = len(_comm_replies(kernel, comm_id, 1))
+    msg = kernel.kc.session.msg("comm_msg", {"comm_id": comm_id, "data": data})
     kernel.kc.shell_channel.send(msg)
-    _comm_replies(kernel, comm_id, 2)
-    check = kernel.ok("from sage_jupyter.jupyter.jobs import JOBS\nprint(JOBS.find('sided').handle.wait(30))")
-    assert check.stream().strip() == "STOPPED"
-    msg = kernel.kc.session.msg("comm_msg", {"comm_id": comm_id, "data": {"action": "nope"}})
-    kernel.kc.shell_channel.send(msg)
-    assert "unknown action" in _comm_replies(kernel, comm_id, 3)[-1]["error"]
+    _comm_replies(kernel, comm_id, before + 1)
 
 
 def _comm_replies(kernel: Kernel, comm_id: str, count: int) -> list[dict]:

@@ -1,11 +1,13 @@
-"""The JupyterLab sidebar, end to end: a real JupyterLab server from the venv, real Debian
-Chromium driven by Playwright, a real kernel running `%%sage_pipeline` with an unbounded source.
+"""The JupyterLab sidebar and the job widget, end to end: a real JupyterLab server from the
+venv (serving this checkout's build of the extension), real Debian Chromium driven by
+Playwright, real kernels running `%%sage_pipeline`; JupyterLab and Notebook 7, light and dark.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -56,7 +58,39 @@ env.from_source(Ticks).map(Smooth).sink(lambda x: None)""",
 while not ticker.state.terminal and time.monotonic() < deadline:
     time.sleep(0.1)
 print("kernel sees", ticker.state.value, "cleanup ok", ticker.cleanup_report.ok)""",
+    """time.sleep(6)
+print("slept")""",
+    """%%sage_pipeline fragile --autostop --services ""
+def parse(x):
+    if x == 2:
+        raise ValueError(f"cannot parse record {x}")
+    return x
+
+env.from_batch(range(5)).map(parse).sink(lambda x: None)""",
 ]
+NB7_CELLS = [
+    "%load_ext sage_jupyter",
+    """%%sage_pipeline quick --autostop --wait
+env.from_batch(range(10)).map(lambda x: x * 2).sink(lambda x: None)""",
+]
+# WCAG contrast of every visible badge's text on its background (semi-transparent text is
+# blended first), computed from the colours the browser rendered.
+CONTRAST_JS = """(selector) => {
+  const rgb = c => c.match(/[\\d.]+/g).map(Number);
+  const lum = ([r, g, b]) => {
+    const f = v => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  return Array.from(document.querySelectorAll(selector)).filter(e => e.offsetParent !== null).map(e => {
+    const style = getComputedStyle(e);
+    const bg = rgb(style.backgroundColor);
+    let fg = rgb(style.color);
+    if (fg.length === 4) { fg = fg.slice(0, 3).map((v, i) => v * fg[3] + bg[i] * (1 - fg[3])); }
+    const [hi, lo] = [lum(fg), lum(bg)].sort((a, b) => b - a);
+    return { state: e.dataset.state || e.textContent, ratio: (hi + 0.05) / (lo + 0.05),
+             bg: style.backgroundColor, fg: style.color, bgAlpha: bg.length === 4 ? bg[3] : 1 };
+  });
+}"""
 
 
 def _notebook(cells: list[str]) -> dict[str, Any]:
@@ -90,8 +124,18 @@ class Lab:
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     root = tmp_path_factory.mktemp("lab_root")
     (root / "sidebar.ipynb").write_text(json.dumps(_notebook(CELLS)))
+    (root / "nb7.ipynb").write_text(json.dumps(_notebook(NB7_CELLS)))
     home = tmp_path_factory.mktemp("lab_home")
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(home / "config"),
+    # Serve the build of this checkout (the one sage_jupyter is imported from): a data dir of
+    # our own comes first on Jupyter's path, ahead of whatever the venv links.
+    import sage_jupyter
+
+    build = Path(sage_jupyter.__file__).parent / "labextension"
+    assert (build / "package.json").is_file(), f"build labextension/ first (npm run build): no {build}"
+    (home / "data" / "labextensions").mkdir(parents=True)
+    (home / "data" / "labextensions" / "sage-jupyter").symlink_to(build, target_is_directory=True)
+    env = {**os.environ, "JUPYTER_DATA_DIR": str(home / "data"), "JUPYTER_PREFER_ENV_PATH": "0",
+           "JUPYTER_CONFIG_DIR": str(home / "config"),
            "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "JUPYTERLAB_WORKSPACES_DIR": str(home / "ws")}
     port, token = _free_port(), secrets.token_hex(16)
     log = open(home / "lab.log", "wb")
@@ -173,7 +217,32 @@ def _open_sidebar(page: Page) -> Any:
     return sidebar
 
 
-def test_sidebar_lists_a_running_job_and_stops_it(page: Page) -> None:
+def _cell(page: Page, index: int) -> Any:
+    return page.locator(".jp-Notebook .jp-Cell").nth(index)
+
+
+def _contrasts(page: Page, selector: str) -> list[dict[str, Any]]:
+    found = page.evaluate(CONTRAST_JS, selector)
+    assert found, f"no visible {selector} to measure"
+    return found
+
+
+def _assert_readable(page: Page, theme: str) -> None:
+    """Every state badge of the sidebar and of the widgets: text contrast >= 4.5:1."""
+    for selector in ("#sage-jupyter-sidebar .sage-jp-State", ".jp-OutputArea .sage-badge"):
+        for badge in _contrasts(page, selector):
+            assert badge["bgAlpha"] == 1, f"{theme}: {selector} {badge} has no solid background"
+            assert badge["ratio"] >= 4.5, f"{theme}: {selector} {badge} contrast {badge['ratio']:.2f}:1"
+
+
+def _set_theme(page: Page, theme: str) -> None:
+    page.locator(".lm-MenuBar-itemLabel").get_by_text("Settings", exact=True).click()
+    page.locator(".lm-Menu-itemLabel").get_by_text("Theme", exact=True).hover()
+    page.locator(".lm-Menu-itemLabel").get_by_text(theme, exact=True).click()
+    expect(page.locator("body")).to_have_attribute("data-jp-theme-name", theme)
+
+
+def test_sidebar_follows_a_job_by_pushes_stops_clears_and_links_its_cell(page: Page) -> None:
     listing = subprocess.run([str(VENV_BIN / "jupyter"), "labextension", "list"],
                              capture_output=True, text=True, timeout=120)
     line = next((ln for ln in (listing.stdout + listing.stderr).splitlines() if "sage-jupyter" in ln), "")
@@ -190,18 +259,116 @@ def test_sidebar_lists_a_running_job_and_stops_it(page: Page) -> None:
     service = job.locator('li.sage-jp-Service[data-service-name="window"]')
     expect(service).to_have_attribute("data-state", "running")
     expect(service).to_contain_text("thread")
+    expect(job.locator(".sage-jp-Job-meta")).to_contain_text("records in -> out")
     expect(sidebar.locator(".sage-jp-StopAll")).to_be_enabled()
+    expect(page.locator(".jp-OutputArea .sage-badge").first).to_be_visible()
+    _assert_readable(page, "JupyterLab Light")
+
+    # the job's row leads to the cell that started it
+    _cell(page, 4).locator(".cm-content").click()
+    job.locator(".sage-jp-Job-name").click()
+    expect(_cell(page, 2)).to_have_class(re.compile(r"\bjp-mod-active\b"))
+
+    # pushes carry no busy/idle: while a cell sleeps the kernel stays busy in the toolbar
+    indicator = page.locator(".jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator")
+    _run_cell(page, 4)
+    expect(indicator).to_have_attribute("data-status", "busy")
+    seen = set()
+    for _ in range(16):  # about 4 s of the 6 s the cell sleeps, while the ticker's rows update
+        seen.add(indicator.get_attribute("data-status"))
+        page.wait_for_timeout(250)
+    assert seen == {"busy"}, f"the execution indicator showed {seen} while a cell ran"
+    expect(_cell(page, 4).locator(".jp-OutputArea-output")).to_contain_text("slept")
 
     job.locator("button.sage-jp-Job-stop").click()
     expect(job).to_have_attribute("data-state", "STOPPED")
-    expect(job.locator(".sage-jp-State")).to_have_text("STOPPED")
+    expect(job.locator(".sage-jp-State").first).to_have_text("STOPPED")
     expect(service).to_have_attribute("data-state", "cleaned")
-    expect(job.locator("button.sage-jp-Job-stop")).to_be_disabled()
+    expect(job.locator("button.sage-jp-Job-stop")).to_have_count(0)  # no Stop on an ended job
     expect(sidebar.locator(".sage-jp-StopAll")).to_be_disabled()
-
     _run_cell(page, 3)
-    output = page.locator(".jp-Notebook .jp-Cell").nth(3).locator(".jp-OutputArea-output")
-    expect(output).to_contain_text("kernel sees STOPPED cleanup ok True")
+    expect(_cell(page, 3).locator(".jp-OutputArea-output")).to_contain_text("kernel sees STOPPED cleanup ok True")
+
+    # a failing job: only its failing stage is red, its traceback starts at the user's frame
+    _run_cell(page, 5)
+    failed = sidebar.locator('li.sage-jp-Job[data-job-name="fragile"]')
+    expect(failed).to_have_attribute("data-state", "FAILED")
+    expect(failed.locator(".sage-jp-Job-error")).to_contain_text("ValueError: cannot parse record 2")
+    output = _cell(page, 5).locator(".jp-OutputArea-output")
+    traceback = output.locator(".sage-traceback")
+    expect(traceback).to_have_count(1)
+    expect(traceback).to_be_visible()
+    first_frame = traceback.inner_text().split("File ", 1)[1].splitlines()[0]
+    assert "in parse" in first_frame and "sage_jupyter" not in first_frame, traceback.inner_text()
+    expect(output.locator('[title="map:parse: FAILED"]')).to_have_count(1)
+    expect(output.locator('[title$=": FAILED"]')).to_have_count(1)  # the other stages are not red
+    _assert_readable(page, "JupyterLab Light")
+
+    _set_theme(page, "JupyterLab Dark")
+    try:
+        _assert_readable(page, "JupyterLab Dark")
+    finally:
+        _set_theme(page, "JupyterLab Light")
+
+    sidebar.locator(".sage-jp-ClearFinished").click()
+    expect(sidebar.locator("li.sage-jp-Job")).to_have_count(0)
+    expect(sidebar.locator(".sage-jp-Sidebar-message")).to_have_text("No jobs in this kernel yet.")
+    expect(sidebar.locator(".sage-jp-ClearFinished")).to_be_disabled()
+
+
+def test_notebook7_shows_the_job_and_saves_its_fallback(browser: Browser, lab: Lab) -> None:
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context.set_default_timeout(UI_TIMEOUT_MS)
+    page = context.new_page()
+    try:
+        page.goto(f"{lab.url}/notebooks/nb7.ipynb?token={lab.token}")
+        expect(page.locator(".jp-Notebook .jp-Cell")).to_have_count(len(NB7_CELLS))
+        _wait_kernel_idle(page)
+        for index in range(len(NB7_CELLS)):
+            _run_cell_until_counted(page, index)
+        output = _cell(page, 1).locator(".jp-OutputArea-output")
+        expect(output.locator('.sage-badge[data-state="FINISHED"]').first).to_be_visible()
+        expect(output.locator(".sage-job")).to_contain_text("records in -> out: 10 -> 10")
+        expect(output.locator(".sage-job")).to_contain_text("avg")
+        _assert_readable_in(page, ".jp-OutputArea .sage-badge", "Notebook 7")
+        page.keyboard.press("Control+s")
+        deadline = time.monotonic() + 60
+        while True:
+            saved = lab.api("/api/contents/nb7.ipynb")["content"]["cells"][1]["outputs"]
+            bundles = [o.get("data", {}) for o in saved if o.get("output_type") == "display_data"]
+            if any("FINISHED" in "".join(b.get("text/html", "")) for b in bundles):
+                break
+            assert time.monotonic() < deadline, f"the saved notebook has no final job display: {saved}"
+            time.sleep(0.5)
+        final = next(b for b in bundles if "FINISHED" in "".join(b.get("text/html", "")))
+        assert "Job 'quick'" in "".join(final["text/plain"]) and "FINISHED" in "".join(final["text/plain"])
+    finally:
+        for session in lab.api("/api/sessions"):
+            lab.api(f"/api/sessions/{session['id']}", method="DELETE")
+        context.close()
+
+
+def _run_cell_until_counted(page: Page, index: int) -> None:
+    """Run a cell in Notebook 7 and see its execution count; a dialog that Notebook 7 may
+    show on a fresh page (it swallows the keystroke) is accepted, then the cell runs again."""
+    prompt = _cell(page, index).locator(".jp-InputPrompt")
+    for _ in range(3):
+        dialog = page.locator(".jp-Dialog")
+        if dialog.count():
+            dialog.locator(".jp-Dialog-button.jp-mod-accept").first.click()
+            expect(dialog).to_have_count(0)
+        _run_cell(page, index)
+        try:
+            expect(prompt).to_have_text(f"[{index + 1}]:", timeout=15_000)
+            return
+        except AssertionError:
+            continue
+    expect(prompt).to_have_text(f"[{index + 1}]:")
+
+
+def _assert_readable_in(page: Page, selector: str, where: str) -> None:
+    for badge in _contrasts(page, selector):
+        assert badge["ratio"] >= 4.5, f"{where}: {badge} contrast {badge['ratio']:.2f}:1"
 
 
 def test_sidebar_reconnects_after_a_kernel_restart(page: Page, lab: Lab) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -9,9 +10,10 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
+import sage_jupyter
 from sage_jupyter import JobHandle, PipelineError
 from sage_jupyter.jupyter import routing, sidebar
-from sage_jupyter.jupyter.jobs import JOBS, SERVICES
+from sage_jupyter.jupyter.jobs import JOBS, SERVICES, widget_of
 
 SERVICE_CELL = '''
 from sage_jupyter import BaseService
@@ -157,6 +159,9 @@ def test_failing_pipeline_under_wait_shows_the_stage_traceback(ip):
     assert lines[0].startswith("PipelineError: job 'broken' failed in stage 'map:bad'")
     assert "services cleaned" in lines[1]
     assert "Original traceback:" in lines and "KeyError: 'no such key'" in lines[-1]
+    shown = "\n".join(lines[lines.index("Original traceback:") + 1:])
+    frames = [line.strip() for line in shown.splitlines() if line.strip().startswith("File ")]
+    assert frames and "in bad" in frames[0] and f'File "{os.path.dirname(sage_jupyter.__file__)}' not in shown
 
 
 def test_status_table_and_stop_all(ip, capsys):
@@ -166,7 +171,7 @@ def test_status_table_and_stop_all(ip, capsys):
     table = ip.run_line_magic("sage_status", "")
     rows = {r["name"]: r for r in table.rows}
     assert rows["one"]["state"] == "RUNNING" and rows["two"]["state"] == "FINISHED"
-    assert rows["two"]["records"] == "5 -> 5" and rows["two"]["services"] == "cache: cleaned"
+    assert rows["two"]["records in -> out"] == "5 -> 5" and rows["two"]["services"] == "cache: cleaned"
     assert "RUNNING" in table._repr_html_() and "records" in repr(table)
     capsys.readouterr()
     ip.run_line_magic("sage_stop", "--all")
@@ -185,10 +190,15 @@ def test_stop_needs_a_known_name_or_all(ip, line, message):
 def test_sidebar_protocol_lists_and_stops(ip):
     handle = pipeline(ip, "side", FOREVER_CELL)
     listed = sidebar.handle_message({"action": "list"})
-    assert [j["display_name"] for j in listed["jobs"]] == ["side"]
-    assert listed["jobs"][0]["state"] == "RUNNING"
-    sidebar.handle_message({"action": "stop", "name": "side"})
+    assert [j["name"] for j in listed["jobs"]] == ["side"]
+    entry = listed["jobs"][0]
+    assert entry["state"] == "RUNNING" and entry["terminal"] is False
+    assert entry["records"].startswith("records in -> out: ")
+    sidebar.handle_message({"action": "stop", "job_id": entry["job_id"]})
     assert handle.wait(30).value == "STOPPED"
+    widget_of(handle).wait_final(10)
+    assert sidebar.handle_message({"action": "list"})["jobs"][0]["terminal"] is True
+    assert sidebar.handle_message({"action": "clear_finished"})["jobs"] == []
     assert "unknown action" in sidebar.handle_message({"action": "explode"})["error"]
     assert "no job 'ghost'" in sidebar.handle_message({"action": "stop", "name": "ghost"})["error"]
     assert "expected a JSON object" in sidebar.handle_message(["list"])["error"]
@@ -226,7 +236,7 @@ plain_job = plain_env.submit(block=False)
     handle = ip.user_ns.pop("plain_job")
     rows = {r["name"]: r for r in ip.run_line_magic("sage_status", "").rows}
     assert rows["plain"]["state"] == "RUNNING"
-    assert [j["display_name"] for j in sidebar.handle_message({"action": "list"})["jobs"]] == ["plain"]
+    assert [j["name"] for j in sidebar.handle_message({"action": "list"})["jobs"]] == ["plain"]
     ip.run_line_magic("sage_stop", "plain")
     assert handle.state.value == "STOPPED"
     assert "job 'plain' stopped" in capsys.readouterr().out

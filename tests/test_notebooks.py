@@ -86,3 +86,14 @@ def test_05_errors():
     assert "magics.py" not in text and "interactiveshell.py" not in text
     (shown,) = job_displays(book, "fragile")
     assert "FAILED" in shown["data"]["text/html"] and "<details" in shown["data"]["text/html"]
+
+
+@pytest.mark.kernel
+def test_09_multi_input():
+    book = execute("09_multi_input.ipynb")
+    (shown,) = job_displays(book, "shop")
+    html = shown["data"]["text/html"]
+    assert "FINISHED" in html and '<svg class="sage-graph"' in html and "join:UserOrders" in html
+    streams = "".join(o.get("text", "") for o in outputs(book) if o.get("output_type") == "stream")
+    assert "seen | id=1, name=ann" not in streams  # print() output belongs to the job's output area
+    assert "seen | id=1, name=ann" in shown["data"]["text/plain"] and "seen | user=9, item=cup" in html

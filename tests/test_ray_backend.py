@@ -14,6 +14,7 @@ import ray
 from ray_pipelines import (BrokenSetup, FileSink, Journal, SlowSink, Stuck, job_actors, journal,
                            live_actors, read_sinks, sink_pids, wait_for)
 from tests.pipelines import Ticks
+import sage_jupyter
 from sage_jupyter import JobState, LocalEnvironment, MapFunction, PipelineError
 from sage_jupyter.runtime.ray import cluster as ray_cluster, orphans
 from sage_jupyter.runtime.policy import CleanupPolicy
@@ -178,6 +179,10 @@ def test_service_setup_failure_fails_the_job_and_kills_its_actor(tmp_path, no_th
     assert "service 'db' setup" in info.value.stage
     assert "ConnectionError" in str(info.value) and "database unreachable" in info.value.traceback
     assert env.job.cleanup_report["db"].killed is True
+    assert env.job.status().service("db").state.value == "failed"  # never "cleaned"
+    assert not env.job.cleanup_report["db"].cleaned
+    package = os.path.dirname(sage_jupyter.__file__)
+    assert f'File "{package}' not in info.value.traceback  # the user's frames only, the actor's too
     assert read_sinks(tmp_path) == {}  # no task ran
     assert live_actors(env.job) == [] and len(job_actors(env.job)) == 1
 

@@ -178,7 +178,8 @@ def test_graph_colours_each_stage_by_its_tasks():
     status = handle.status()
     assert templates.stage_state("map:boom", status.tasks) == "FAILED"
     html = templates.graph_html(status)
-    assert f'map:boom: FAILED" style="border:2px solid {templates.colour("FAILED")}' in html
+    assert 'data-stage="map:boom" data-state="FAILED"><title>map:boom: FAILED</title>' in html
+    assert f'stroke="{templates.colour("FAILED")}"' in html
 
 
 def test_closing_the_widget_leaves_the_job_running(no_thread_leak):

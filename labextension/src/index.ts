@@ -1,22 +1,17 @@
 /**
  * sage-jupyter: a left-sidebar panel with the current notebook's sage_jupyter jobs and
- * services, and commands to open it, refresh it and stop every job.
+ * services. This file only wires the pieces: model, kernel connection, panel, commands.
  */
 import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ICommandPalette } from '@jupyterlab/apputils';
 import { INotebookTracker } from '@jupyterlab/notebook';
 
+import { addCommands } from './commands';
+import { KernelConnection } from './connection';
+import { JobsModel } from './model';
 import { SageSidebar } from './sidebar';
 
-/** The commands this extension adds (also in the palette, under "SAGE"). */
-export namespace CommandIDs {
-  /** Show the SAGE jobs sidebar. */
-  export const open = 'sage-jupyter:open';
-  /** Ask the current kernel for its jobs now, without waiting for the next poll. */
-  export const refresh = 'sage-jupyter:refresh';
-  /** Stop every running job of the current notebook's kernel. */
-  export const stopAll = 'sage-jupyter:stop-all';
-}
+export { CommandIDs } from './commands';
 
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'sage-jupyter:sidebar',
@@ -30,31 +25,35 @@ const plugin: JupyterFrontEndPlugin<void> = {
     palette: ICommandPalette | null,
     restorer: ILayoutRestorer | null
   ) => {
-    const sidebar = new SageSidebar();
+    const connection = new KernelConnection(new JobsModel());
+    const revealCell = (cellId: string) => {
+      const panel = notebooks.currentWidget;
+      if (!panel) {
+        return;
+      }
+      const notebook = panel.content;
+      const index = notebook.widgets.findIndex(cell => cell.model.id === cellId);
+      if (index < 0) {
+        return; // the cell was deleted since
+      }
+      notebook.deselectAll();
+      notebook.activeCellIndex = index;
+      void notebook.scrollToCell(notebook.widgets[index], 'center');
+      app.shell.activateById(panel.id);
+    };
+    const sidebar = new SageSidebar(connection, revealCell);
     sidebar.id = 'sage-jupyter-sidebar';
     app.shell.add(sidebar, 'left', { rank: 650 });
     restorer?.add(sidebar, sidebar.id);
 
-    const followCurrent = () => sidebar.follow(notebooks.currentWidget?.sessionContext ?? null);
+    const followCurrent = () => {
+      const panel = notebooks.currentWidget;
+      sidebar.path = panel?.context.path ?? '';
+      connection.follow(panel?.sessionContext ?? null);
+    };
     notebooks.currentChanged.connect(followCurrent);
     followCurrent();
-
-    app.commands.addCommand(CommandIDs.open, {
-      label: 'Show SAGE Jobs',
-      execute: () => app.shell.activateById(sidebar.id)
-    });
-    app.commands.addCommand(CommandIDs.refresh, {
-      label: 'Refresh SAGE Jobs',
-      execute: () => sidebar.refresh()
-    });
-    app.commands.addCommand(CommandIDs.stopAll, {
-      label: 'Stop All SAGE Jobs',
-      isEnabled: () => sidebar.hasRunningJobs,
-      execute: () => sidebar.stopAll()
-    });
-    for (const command of [CommandIDs.open, CommandIDs.refresh, CommandIDs.stopAll]) {
-      palette?.addItem({ command, category: 'SAGE' });
-    }
+    addCommands(app, sidebar, palette);
   }
 };
 

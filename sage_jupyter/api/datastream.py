@@ -9,6 +9,7 @@ from ..runtime.ray.options import check_ray_remote_args
 from .resolve import check_parallelism, display_name, resolve_function
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .connected_streams import ConnectedStreams
     from .environment import BaseEnvironment
 
 STRATEGIES = {"hash": "hash", "broadcast": "broadcast", "round_robin": "forward", "forward": "forward"}
@@ -75,6 +76,21 @@ class DataStream:
         return DataStream(self._env, self._stage, STRATEGIES[strategy], key_factory)
 
     key_by = keyby
+
+    def connect(self, other: "DataStream | ConnectedStreams") -> "ConnectedStreams":
+        """Connect this stream with another (or with connected streams) for `comap`, `join`,
+        `map` or `sink` over all of them; this stream is input 0."""
+        from .connected_streams import ConnectedStreams
+
+        if isinstance(other, ConnectedStreams):
+            return ConnectedStreams(self._env, (self, *other.streams))
+        return ConnectedStreams(self._env, (self, other))
+
+    def print(self, prefix: str = "", separator: str = " | ", colored: bool = True) -> "DataStream":
+        """A sink printing every record as `prefix | record` (upstream SAGE's `print`)."""
+        from .print_sink import PrintSink
+
+        return self.sink(PrintSink, prefix=prefix, separator=separator, colored=colored)
 
     def __repr__(self) -> str:
         return f"<DataStream of {self._stage.label} in {self._env.name!r}>"

@@ -13,9 +13,10 @@ from ..runtime.policy import CleanupPolicy
 from ..runtime.ray.options import check_ray_remote_args
 from .datastream import DataStream
 from .resolve import display_name, resolve_batch_source, resolve_unbounded_source
+from .upstream_env import UpstreamEnvironment
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..jobmanager.client import RemoteJobHandle
+    from ..jobmanager.remote_handle import RemoteJobHandle
 
 BACKENDS = ("thread", "ray")
 
@@ -45,7 +46,7 @@ def ray_config(config: dict[str, Any]) -> dict[str, Any]:
     return {"placement_timeout": float(timeout)}
 
 
-class BaseEnvironment:
+class BaseEnvironment(UpstreamEnvironment):
     """Declares services and streams; subclasses decide where `submit` runs them."""
 
     def __init__(self, name: str, config: dict[str, Any] | None = None) -> None:
@@ -179,6 +180,7 @@ class LocalEnvironment(BaseEnvironment):
         self.backend = backend
         # Upstream accepts extra options (platform, scheduler...); they change nothing here.
         self._upstream_kwargs = upstream_kwargs
+        self.enable_monitoring = bool(upstream_kwargs.get("enable_monitoring", False))
         self._output: Callable[[str, str], None] | None = None  # set by the Jupyter layer
 
     def _runs_on_threads(self) -> bool:

@@ -6,6 +6,7 @@ call; constructors may take any extra arguments, passed on from `map(Cls, *args,
 
 from __future__ import annotations
 
+import abc
 import logging
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -68,11 +69,14 @@ class _Servicing:
         return self.call_service.call_async(name, *args, method=method, **kwargs)
 
 
-class BaseFunction(_Servicing):
-    """Common base of every function. `close()` runs once per instance, after its last record."""
+class BaseFunction(_Servicing, abc.ABC):
+    """Common base of every function. `close()` runs once per instance, after its last record.
 
-    def execute(self, *args: Any) -> Any:  # overridden by every concrete function
-        raise TypeError(f"{type(self).__name__} must define execute()")
+    `execute` is abstract as upstream declares it: a subclass without it cannot be built."""
+
+    @abc.abstractmethod
+    def execute(self, *args: Any) -> Any:
+        """What the function does with its input (see each base class)."""
 
     def close(self) -> None:
         """Called once per instance after its last record (override to flush or release)."""
@@ -81,54 +85,105 @@ class BaseFunction(_Servicing):
 class BatchFunction(BaseFunction):
     """A bounded source: `execute(self)` returns the next record; `None` ends the batch."""
 
+    @abc.abstractmethod
     def execute(self) -> Any:
-        raise TypeError(f"{type(self).__name__} must define execute(self)")
+        """Write this in your subclass."""
 
 
 class SourceFunction(BaseFunction):
     """An unbounded source: `execute(self)` is called until the job is stopped.
     Returning `None` means nothing right now; it is polled again."""
 
+    @abc.abstractmethod
     def execute(self) -> Any:
-        raise TypeError(f"{type(self).__name__} must define execute(self)")
+        """Write this in your subclass."""
 
 
 class MapFunction(BaseFunction):
     """`execute(self, data)` returns the transformed record."""
 
+    @abc.abstractmethod
     def execute(self, data: Any) -> Any:
-        raise TypeError(f"{type(self).__name__} must define execute(self, data)")
+        """Write this in your subclass."""
 
 
 class FilterFunction(BaseFunction):
     """`execute(self, data) -> bool`: keep the record when true."""
 
+    @abc.abstractmethod
     def execute(self, data: Any) -> bool:
-        raise TypeError(f"{type(self).__name__} must define execute(self, data)")
+        """Write this in your subclass."""
 
 
 class FlatMapFunction(BaseFunction):
     """`execute(self, data)` returns an iterable of records, or calls `self.collect(x)`."""
 
+    @abc.abstractmethod
     def execute(self, data: Any) -> Iterable[Any] | None:
-        raise TypeError(f"{type(self).__name__} must define execute(self, data)")
+        """Write this in your subclass."""
 
     def collect(self, record: Any) -> None:
-        emit = self.ctx.emit if self.ctx is not None else None
-        if emit is None:
-            raise RuntimeError("collect() can be called only while execute() runs")
-        emit(record)
+        _collect(self, record)
 
 
 class SinkFunction(BaseFunction):
     """`execute(self, data)` consumes a record."""
 
+    @abc.abstractmethod
     def execute(self, data: Any) -> None:
-        raise TypeError(f"{type(self).__name__} must define execute(self, data)")
+        """Write this in your subclass."""
 
 
 class KeyByFunction(BaseFunction):
     """`execute(self, data)` returns the key that routes the record."""
 
+    @abc.abstractmethod
     def execute(self, data: Any) -> Any:
-        raise TypeError(f"{type(self).__name__} must define execute(self, data)")
+        """Write this in your subclass."""
+
+
+class BaseCoMapFunction(BaseFunction):
+    """Processes connected streams input by input: `mapN(self, data)` gets the records of
+    input N (`map0`, `map1`, ... as many as connected streams) and returns one record;
+    `None` drops it. The results of every input go downstream as one stream."""
+
+    @property
+    def is_comap(self) -> bool:
+        return True
+
+    @abc.abstractmethod
+    def map0(self, data: Any) -> Any:
+        """Records of the first connected stream."""
+
+    @abc.abstractmethod
+    def map1(self, data: Any) -> Any:
+        """Records of the second connected stream."""
+
+    def execute(self, data: Any) -> Any:
+        raise NotImplementedError(
+            f"{type(self).__name__} is a CoMap function: the runtime calls map0, map1, ... per input, never execute()"
+        )
+
+
+class BaseJoinFunction(BaseFunction):
+    """Joins two keyed streams: `execute(self, payload, key, tag)` gets each record with its
+    key and the index of its input (`tag`: 0 or 1), keeps whatever state it needs per key,
+    and returns a list of records to emit (or calls `self.collect(x)`)."""
+
+    @property
+    def is_join(self) -> bool:
+        return True
+
+    @abc.abstractmethod
+    def execute(self, payload: Any, key: Any, tag: int) -> list[Any] | None:
+        """Write this in your subclass."""
+
+    def collect(self, record: Any) -> None:
+        _collect(self, record)
+
+
+def _collect(function: BaseFunction, record: Any) -> None:
+    emit = function.ctx.emit if function.ctx is not None else None
+    if emit is None:
+        raise RuntimeError("collect() can be called only while execute() runs")
+    emit(record)

@@ -10,8 +10,9 @@ import dataclasses
 import os
 from typing import Any, Callable
 
-from ..jobmanager.client import JobManagerClient, RemoteJobHandle, default_output
 from ..jobmanager.protocol import DEFAULT_HEARTBEAT_TIMEOUT_S, DEFAULT_PORT, TOKEN_ENV, JobOptions, encode_submission
+from ..jobmanager.remote_handle import RemoteJobHandle
+from ..jobmanager.transport import JobManagerClient, default_output
 from ..runtime.job import JobStatus, status_from_dict
 from ..runtime.policy import CleanupPolicy
 from .environment import BACKENDS, BaseEnvironment
@@ -29,6 +30,8 @@ class RemoteEnvironment(BaseEnvironment):
     Creating one connects to nothing; `submit()` does.
     """
 
+    platform = "remote"  # upstream's attribute
+
     def __init__(self, name: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: str | None = None,
                  config: dict[str, Any] | None = None) -> None:
         super().__init__(name, config)
@@ -41,6 +44,7 @@ class RemoteEnvironment(BaseEnvironment):
             token = os.environ.get(TOKEN_ENV) or None
         self.host = host
         self.port = port
+        self.jobmanager_host, self.jobmanager_port = host, port  # upstream's names
         self._client = JobManagerClient(host, port, token, timeout=self.config.get("timeout", 10.0))
         self._output: Callable[[str, str], None] | None = None  # set by the Jupyter layer
 

@@ -7,8 +7,8 @@ import functools
 import inspect
 from typing import Any, Callable
 
-from .functions import (BaseFunction, BatchFunction, FilterFunction, FlatMapFunction, KeyByFunction,
-                        MapFunction, SinkFunction, SourceFunction)
+from .functions import (BaseCoMapFunction, BaseFunction, BaseJoinFunction, BatchFunction, FilterFunction,
+                        FlatMapFunction, KeyByFunction, MapFunction, SinkFunction, SourceFunction)
 
 EXPECTED: dict[str, type] = {
     "map": MapFunction,
@@ -16,6 +16,8 @@ EXPECTED: dict[str, type] = {
     "flatmap": FlatMapFunction,
     "sink": SinkFunction,
     "keyby": KeyByFunction,
+    "comap": BaseCoMapFunction,
+    "join": BaseJoinFunction,
 }
 
 
@@ -36,6 +38,7 @@ def resolve_function(kind: str, fn: Any, args: tuple[Any, ...],
     expected = EXPECTED[kind]
     if inspect.isclass(fn):
         if issubclass(fn, expected):
+            check_concrete(kind, fn)
             return functools.partial(fn, *args, **kwargs), "method"
         what = (f"a {_base_of(fn).__name__} subclass" if issubclass(fn, BaseFunction)
                 else "a class that is not a SAGE function")
@@ -59,6 +62,13 @@ def resolve_function(kind: str, fn: Any, args: tuple[Any, ...],
     )
 
 
+def check_concrete(method: str, cls: type) -> None:
+    """A class with abstract methods left (`execute`, `map1`...) cannot be built: say so now."""
+    missing = sorted(getattr(cls, "__abstractmethods__", ()))
+    if missing:
+        raise TypeError(f"{method}({cls.__name__}): {cls.__name__} does not define {', '.join(missing)}")
+
+
 def _bind_extra(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[[Any], Any]:
     def call(data: Any) -> Any:
         return fn(data, *args, **kwargs)
@@ -69,7 +79,7 @@ def _bind_extra(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
 
 def _base_of(cls: type) -> type:
     for base in (BatchFunction, SourceFunction, MapFunction, FilterFunction, FlatMapFunction,
-                 SinkFunction, KeyByFunction):
+                 SinkFunction, KeyByFunction, BaseCoMapFunction, BaseJoinFunction):
         if issubclass(cls, base):
             return base
     return BaseFunction
@@ -80,15 +90,18 @@ def resolve_batch_source(source: Any, args: tuple[Any, ...], kwargs: dict[str, A
     """`from_batch` / `from_collection`: a BatchFunction class, an iterable, or a callable
     returning an iterator."""
     if inspect.isclass(source):
-        if issubclass(source, BatchFunction):
-            return functools.partial(source, *args, **kwargs), "method"
-        if issubclass(source, SourceFunction):
+        if issubclass(source, SourceFunction) and method == "from_batch":
             raise TypeError(f"{method}({source.__name__}): a SourceFunction is unbounded; use env.from_source")
+        # Upstream's from_collection takes any function that produces records, and its
+        # batch ends when execute() returns None, whatever the base class.
+        if issubclass(source, BatchFunction) or _produces_records(source):
+            check_concrete(method, source)
+            return functools.partial(source, *args, **kwargs), "method"
         raise TypeError(
             f"{method}({source.__name__}): pass a BatchFunction subclass, an iterable, "
             "or a function returning an iterator"
         )
-    if isinstance(source, BatchFunction):
+    if isinstance(source, BatchFunction) or (method != "from_batch" and _produces_records(type(source))):
         return (lambda: source), "method"
     if isinstance(source, (str, bytes)):
         raise TypeError(f"{method}() got a {type(source).__name__}; pass a list of records instead")
@@ -117,13 +130,29 @@ def resolve_unbounded_source(source: Any, args: tuple[Any, ...],
     """`from_source`: a SourceFunction class (or instance), or a zero-argument callable
     polled until the job stops."""
     if inspect.isclass(source):
-        if issubclass(source, (SourceFunction, BatchFunction)):
+        if issubclass(source, BatchFunction) or _produces_records(source):
+            check_concrete("from_source", source)
             return functools.partial(source, *args, **kwargs), "method"
+        if issubclass(source, BaseFunction):
+            raise TypeError(
+                f"from_source({source.__name__}): a {_base_of(source).__name__} consumes records; "
+                "pass a SourceFunction subclass (or any function class whose execute() takes no data)"
+            )
         raise TypeError(f"from_source({source.__name__}): pass a SourceFunction subclass or a function")
-    if isinstance(source, (SourceFunction, BatchFunction)):
+    if isinstance(source, BatchFunction) or _produces_records(type(source)):
         return (lambda: source), "method"
     if callable(source):
         if args or kwargs:
             return (lambda: functools.partial(source, *args, **kwargs)), "plain"
         return (lambda: source), "plain"
     raise TypeError(f"from_source() needs a SourceFunction subclass or a function, got {type(source).__name__}")
+
+
+_CONSUMERS = (MapFunction, FilterFunction, FlatMapFunction, SinkFunction, KeyByFunction, BaseCoMapFunction,
+              BaseJoinFunction)
+
+
+def _produces_records(cls: type) -> bool:
+    """A function class that makes records: a SourceFunction, or any other BaseFunction
+    subclass that is not one of the record consumers (upstream accepts those as sources)."""
+    return issubclass(cls, BaseFunction) and not issubclass(cls, _CONSUMERS)

@@ -5,8 +5,15 @@ The daemon needs tornado (`pip install sage-jupyter[jobmanager]`); the client ne
 the standard library and cloudpickle.
 """
 
-from .client import JobManagerClient, JobManagerConnectionError, JobManagerError, RemoteJobHandle
 from .protocol import DEFAULT_PORT, PROTOCOL_VERSION
+from .remote_handle import RemoteJobHandle
+from .transport import JobManagerClient, JobManagerConnectionError, JobManagerError
 
-__all__ = ["JobManagerClient", "JobManagerConnectionError", "JobManagerError", "RemoteJobHandle",
-           "DEFAULT_PORT", "PROTOCOL_VERSION"]
+__all__ = [
+           "DEFAULT_PORT",
+           "PROTOCOL_VERSION",
+           "JobManagerClient",
+           "JobManagerConnectionError",
+           "JobManagerError",
+           "RemoteJobHandle",
+]

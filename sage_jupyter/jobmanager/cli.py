@@ -9,7 +9,14 @@ import os
 import sys
 from typing import Callable
 
-from .protocol import DEFAULT_MAX_BODY_BYTES, DEFAULT_PORT, TOKEN_ENV, is_loopback
+from .protocol import (
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_PORT,
+    TOKEN_ENV,
+    is_loopback,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-file", default=None, help="write the log here instead of stderr")
     p.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_BYTES / 2**20,
                    help="largest accepted request body in MiB (default %(default)g)")
+    p.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS,
+                   help="most connections open at once (default %(default)d); when all are busy, new ones get 503")
+    p.add_argument("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT_S,
+                   help="seconds after which an idle connection, slow headers or a slow body are closed "
+                        "(default %(default)g)")
+    p.add_argument("--state-dir", default=None,
+                   help="directory of the job history (SQLite), kept across restarts "
+                        "(default $XDG_DATA_HOME/sage_jupyter or ~/.local/share/sage_jupyter)")
     p.add_argument("--announce-fd", type=int, default=None, metavar="FD",
                    help="write the 'listening on HOST:PORT' line to this inherited file descriptor, "
                         "then close it (for programs that start the daemon with --port 0)")
@@ -102,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--port {args.port}: use a port between 0 and 65535")
     if args.max_body_mb <= 0:
         parser.error("--max-body-mb must be > 0")
+    if args.max_connections < 1:
+        parser.error("--max-connections must be >= 1")
+    if not 0 < args.idle_timeout <= 3600:
+        parser.error("--idle-timeout must be a number of seconds in (0, 3600]")
     if args.announce_fd is not None:
         try:
             os.fstat(args.announce_fd)
@@ -111,15 +130,25 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose, args.log_file)
     if args.ray_address is not None:
         attach_ray(args.ray_address, parser)
-    from .daemon import JobManager
+    from .daemon import serve
+    from .history import JobHistory, StateDirError, default_state_dir
+    from .manager import JobManager
 
-    manager = JobManager(token, max_body_bytes=int(args.max_body_mb * 2**20))
+    state_dir = args.state_dir if args.state_dir is not None else default_state_dir()
+    try:
+        history = JobHistory(state_dir)
+    except StateDirError as exc:
+        print(f"sage-jobmanager: {exc}", file=sys.stderr)
+        return 1
+    manager = JobManager(token, max_body_bytes=int(args.max_body_mb * 2**20), history=history)
     if token is None:
         logging.getLogger("sage_jupyter.jobmanager").warning(
             "no token: any local user can submit jobs to %s:%d", args.host, args.port)
     try:
-        asyncio.run(manager.serve(args.host, args.port, announcer(args.announce_fd)))
+        asyncio.run(serve(manager, args.host, args.port, announcer(args.announce_fd),
+                          max_connections=args.max_connections, idle_timeout=args.idle_timeout))
     except OSError as exc:
+        history.close()
         print(f"sage-jobmanager: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0

@@ -4,6 +4,9 @@ Every request carries `Authorization: token <T>` and is authenticated before its
 read. Paths start with `/api/v1/`; errors are JSON `{"error": {"code", "message", "status"}}`.
 A submission is a JSON envelope: validated options (plain JSON) plus a base64 cloudpickle
 of the pipeline graph and its services, unpickled only after every other check passed.
+A job's output is read in pages (`GET /jobs/ID/output?since=N`, or along with its status:
+`GET /jobs/ID?output_since=N`); a page says whether more follows (`more`) and how many
+chunks the daemon dropped before they were read (`missed`). `/info` announces the body limit.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ import binascii
 import enum
 import functools
 import io
+import ipaddress
 import json
 import pickle
+import socket
 import sys
 from dataclasses import Field, asdict, dataclass, fields, is_dataclass
 from typing import Any
@@ -32,9 +37,10 @@ DEFAULT_PORT = 19001
 DEFAULT_MAX_BODY_BYTES = 32 * 2**20  # a pipeline is kilobytes; data belongs in its sources
 TOKEN_ENV = "SAGE_JOBMANAGER_TOKEN"
 BACKENDS = ("thread", "ray")
-LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 LONG_POLL_MAX_S = 30.0  # the daemon caps every long-poll, so no request waits forever
 DEFAULT_HEARTBEAT_TIMEOUT_S = 5.0
+DEFAULT_MAX_CONNECTIONS = 256  # the daemon's connection table
+DEFAULT_IDLE_TIMEOUT_S = 20.0  # idle connections, slow headers and slow bodies are closed after this
 
 
 class ProtocolError(Exception):
@@ -51,7 +57,17 @@ class ProtocolError(Exception):
 
 
 def is_loopback(host: str) -> bool:
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
+    """True if every address `host` resolves to is a loopback address (a name such as
+    "127.evil.example.com" is judged by what it resolves to, not by how it looks)."""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return False  # cannot tell: treat it as reachable from elsewhere
+    addresses = {str(info[4][0]) for info in infos}
+    try:
+        return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+    except ValueError:
+        return False
 
 
 def auth_header(token: str | None) -> dict[str, str]:
@@ -83,7 +99,7 @@ def to_wire(value: Any) -> Any:
 
 
 @functools.cache
-def _fields(cls: type) -> tuple[Field, ...]:
+def _fields(cls: type) -> tuple[Field[Any], ...]:
     return fields(cls)
 
 
@@ -177,6 +193,8 @@ def decode_submission(body: bytes) -> tuple[JobOptions, bytes]:
         envelope = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(400, "malformed_body", f"body is not valid JSON (truncated?): {exc}") from None
+    except RecursionError:
+        raise ProtocolError(400, "malformed_body", "body nests JSON arrays or objects too deeply") from None
     if not isinstance(envelope, dict):
         raise ProtocolError(400, "malformed_body", "body must be a JSON object")
     missing = [k for k in ("protocol", "client", "options", "pipeline") if k not in envelope]
@@ -219,7 +237,8 @@ def dump_pipeline(graph: PipelineGraph, services: list[ServiceSpec]) -> bytes:
             except ValueError:  # already registered by the user
                 pass
         try:
-            return cloudpickle.dumps({"graph": graph, "services": services}, protocol=pickle.HIGHEST_PROTOCOL)
+            data: bytes = cloudpickle.dumps({"graph": graph, "services": services}, protocol=pickle.HIGHEST_PROTOCOL)
+            return data
         except Exception as exc:
             raise TypeError(f"cannot ship the pipeline to the JobManager: {_culprit(graph, services)}"
                             f"{type(exc).__name__}: {exc}") from exc

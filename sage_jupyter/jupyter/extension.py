@@ -24,7 +24,13 @@ _loaded: dict[int, dict[str, Any]] = {}  # id(shell) -> what load() registered
 
 def publish_final_states() -> None:
     """post_execute: put the final state of jobs that ended into their cells' display
-    data, once each, from the main thread (so frontends attach it to a live request)."""
+    data, once each, from the main thread (so frontends attach it to a live request).
+    Jobs the cell submitted with the plain API are listed now, with the cell's id."""
+    from IPython import get_ipython
+
+    from .magics import current_cell_id
+
+    adopt_plain_jobs(current_cell_id(get_ipython()))
     for job in JOBS.all():
         try:
             job.widget.publish_final_once()
@@ -58,6 +64,7 @@ def unload(shell: Any) -> None:
         job.widget.close()
     JOBS.clear()
     SERVICES.clear()
+    sidebar.FEED.close()
     routing.uninstall()
     try:
         shell.events.unregister("post_execute", publish_final_states)

@@ -11,7 +11,7 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from ..runtime import registry
 from ..runtime.job import JobHandle, JobStatus
@@ -46,6 +46,16 @@ class KernelJobs:
         self._jobs: list[TrackedJob] = []
         self._lock = threading.Lock()
         self._numbers = itertools.count(1)
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` (from any thread; it must be quick) when a job is added or
+        removed, or one of their widgets showed a new snapshot."""
+        self._listeners.append(listener)
+
+    def _changed(self, _snapshot: Any = None) -> None:
+        for listener in list(self._listeners):
+            listener()
 
     def next_name(self, prefix: str = "pipeline") -> str:
         taken = {j.name for j in self.all()}
@@ -54,18 +64,35 @@ class KernelJobs:
             if name not in taken:
                 return name
 
-    def add(self, job: TrackedJob) -> TrackedJob:
+    def add(self, job: TrackedJob, at: int | None = None) -> TrackedJob:
+        """List a job at the end, or at position `at` (where the run it replaces was)."""
         with self._lock:
-            self._jobs.append(job)
+            self._jobs.insert(len(self._jobs) if at is None else at, job)
             ended = [j for j in self._jobs if j.widget.snapshot.state.terminal]
             for old in ended[: max(0, len(self._jobs) - MAX_LISTED)]:
                 self._jobs.remove(old)
+        job.widget.listeners.append(self._changed)
+        self._changed()
         return job
 
-    def remove(self, job: TrackedJob) -> None:
+    def remove(self, job: TrackedJob) -> int | None:
+        """Forget a job; return the position it had (None if it was not listed)."""
         with self._lock:
-            if job in self._jobs:
-                self._jobs.remove(job)
+            if job not in self._jobs:
+                return None
+            at = self._jobs.index(job)
+            self._jobs.remove(job)
+        self._changed()
+        return at
+
+    def clear_finished(self) -> list[TrackedJob]:
+        """Forget every ended job (the sidebar's "Clear finished"); return them."""
+        with self._lock:
+            ended = [j for j in self._jobs if j.widget.snapshot.state.terminal]
+            self._jobs = [j for j in self._jobs if j not in ended]
+        if ended:
+            self._changed()
+        return ended
 
     def all(self) -> list[TrackedJob]:
         with self._lock:
@@ -111,6 +138,7 @@ class KernelJobs:
     def clear(self) -> None:
         with self._lock:
             self._jobs.clear()
+        self._changed()
 
 
 JOBS = KernelJobs()
@@ -214,11 +242,12 @@ def track(handle: Any, name: str | None = None, display: bool = True,
     return widget
 
 
-def adopt_plain_jobs() -> None:
+def adopt_plain_jobs(cell_id: str | None = None) -> None:
     """List the running jobs this kernel submitted with the plain API (`env.submit(...)`
     in a cell) beside the magics' ones, so `%sage_status`, `%sage_stop`, the sidebar and
-    unloading see every job. Adopted jobs get a widget, not displayed anywhere."""
+    unloading see every job. Adopted jobs get a widget, not displayed anywhere; `cell_id`
+    is the cell that just ran (after a cell, the one that submitted them)."""
     known = {id(getattr(j.handle, "_dispatcher", None)) for j in JOBS.all()}
     for dispatcher in registry.live_jobs():
         if id(dispatcher) not in known and not dispatcher.state.terminal:
-            track(JobHandle(dispatcher), display=False)
+            track(JobHandle(dispatcher), display=False, cell_id=cell_id)

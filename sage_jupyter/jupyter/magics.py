@@ -107,9 +107,9 @@ def stopped_line(name: str, handle: Any, why: str) -> str:
     report = handle.cleanup_report
     if report is None:
         return f"job {name!r} {why}: {state}, services not cleaned yet"
-    if report.ok:
+    if report.ok and all(c.cleaned for c in report.services):
         return f"job {name!r} {why}: {state}, services cleaned in {templates.ms(report.duration_s)}"
-    bad = "; ".join(f"{c.name}: {c.describe()}" for c in report.services if not c.ok)
+    bad = "; ".join(f"{c.name}: {c.describe()}" for c in report.services if not c.cleaned)
     return f"job {name!r} {why}: {state}, cleanup incomplete ({bad or 'tasks left running'})"
 
 
@@ -227,10 +227,11 @@ class SageMagics(Magics):
         services = selected_services(args.services)
         cell_id = current_cell_id(self.shell)
         previous = JOBS.previous_runs(args.name, cell_id)
+        slot = None  # a re-run keeps its place in %sage_status and the sidebar
         if previous:
             stop_jobs(previous, REPLACE_TIMEOUT)
-            for job in previous:
-                JOBS.remove(job)
+            places = [p for p in (JOBS.remove(job) for job in previous) if p is not None]
+            slot = min(places, default=None)
         name = args.name or JOBS.next_name()
 
         env = LocalEnvironment(name, backend=args.backend)
@@ -257,7 +258,7 @@ class SageMagics(Magics):
                 raise UsageError(f"%%sage_pipeline {name}: {exc}") from None
 
         widget = JobWidget(handle, output=output)
-        JOBS.add(TrackedJob(name, handle, widget, cell_id))
+        JOBS.add(TrackedJob(name, handle, widget, cell_id), at=slot)
         if args.var:  # before waiting: an interrupted cell still leaves the handle in VAR
             self.shell.user_ns[args.var] = handle
         if args.wait:

@@ -1,79 +1,192 @@
 """The comm target "sage_jupyter" that the JupyterLab sidebar talks to.
 
-Protocol (JSON over one comm per sidebar): the frontend sends
-``{"action": "list"}``, ``{"action": "stop", "name": NAME}`` (or ``"job_id"``) or
-``{"action": "stop_all"}``; the kernel answers every message, and the comm's opening,
-with ``{"jobs": [JobStatus.to_dict() + {"display_name"}...]}`` or ``{"error": "..."}``.
-Stops do not wait: the sidebar sees the job go STOPPING, then STOPPED, on its next list.
+The kernel PUSHES the job list over every open sidebar comm: once when the comm opens,
+then whenever a job changed (throttled to at most `MAX_PUSHES_PER_S` a second, and only
+when the list differs from the last one sent). Pushes are plain comm messages, without
+busy/idle status, so the sidebar never makes a busy kernel look idle. The frontend sends
+only user actions and a "list" when it (re)connects:
+
+    {"action": "list"} | {"action": "stop", "job_id": ID} | {"action": "stop_all"}
+    | {"action": "clear_finished"}
+
+and each is answered with the list ``{"jobs": [...], "pid", "palette"}`` (plus "error"
+when it failed). A job entry carries what the sidebar shows, already worked out
+(`job_entry`), so the frontend computes nothing.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import threading
 from typing import Any
 
+from ..runtime.job import JobStatus
+from . import templates
 from .jobs import JOBS, TrackedJob, adopt_plain_jobs
-from .templates import job_nodes
+from .palette import palette_css
 
 TARGET = "sage_jupyter"
+MAX_PUSHES_PER_S = 10
+RUNNING_REFRESH_S = 1.0  # a running job's elapsed time moves even when nothing else does
 log = logging.getLogger("sage_jupyter.jupyter")
 
 
+def _error(err: Any) -> dict[str, str] | None:
+    return None if err is None else {"where": err.where, "type": err.type, "message": err.message}
+
+
+def job_entry(job: TrackedJob, snapshot: JobStatus) -> dict[str, Any]:
+    """One job as the sidebar shows it."""
+    return {
+        "job_id": snapshot.job_id, "name": job.name, "job_name": snapshot.name,
+        "state": snapshot.state.value, "terminal": snapshot.state.terminal,
+        "backend": snapshot.backend, "location": snapshot.location, "cell_id": job.cell_id,
+        "elapsed_s": round(snapshot.elapsed_s, 1), "elapsed": templates.duration(snapshot.elapsed_s),
+        "records_in": snapshot.records_in, "records_out": snapshot.records_out,
+        "records": f"records in -> out: {snapshot.records_out:,} -> {snapshot.records_in:,}",
+        "error": _error(snapshot.error), "nodes": templates.job_nodes(snapshot),
+        "services": [{"name": s.name, "kind": templates.service_kind(s), "state": s.state.value,
+                      "calls": s.calls, "error": _error(s.error)} for s in snapshot.services],
+    }
+
+
 def jobs_payload() -> dict[str, Any]:
-    jobs = []
-    for job in JOBS.all():
-        try:
-            snapshot = job.status()
-        except Exception:  # noqa: BLE001 - an unreachable remote job: its last known state
-            snapshot = job.widget.snapshot
-        entry = snapshot.to_dict()
-        entry["display_name"] = job.name
-        entry["nodes"] = job_nodes(snapshot)  # derived here, so the sidebar computes nothing
-        jobs.append(entry)
-    return {"jobs": jobs, "pid": os.getpid()}
+    """The kernel's jobs in KernelJobs order, from each job's latest pushed snapshot."""
+    jobs = [job_entry(job, job.widget.snapshot) for job in JOBS.all()]
+    return {"jobs": jobs, "pid": os.getpid(), "palette": palette_css()}
 
 
 def _find(data: dict[str, Any]) -> TrackedJob | None:
-    key = data.get("name") or data.get("job_id")
+    key = data.get("job_id") or data.get("name")
     return JOBS.find(str(key)) if key else None
 
 
+def _stop(job: TrackedJob) -> None:
+    job.handle.stop(wait=False)  # the handle, not another view: the widget sees it in its snapshot
+
+
 def handle_message(data: Any) -> dict[str, Any]:
-    """Answer one message of the sidebar protocol."""
+    """Answer one action of the sidebar protocol."""
     if not isinstance(data, dict):
-        return {"error": "expected a JSON object with an 'action'"}
-    adopt_plain_jobs()
+        return {"error": "expected a JSON object with an 'action'", **jobs_payload()}
     action = data.get("action")
     if action == "list":
+        adopt_plain_jobs()
         return jobs_payload()
     if action == "stop":
         job = _find(data)
         if job is None:
-            return {"error": f"no job {data.get('name') or data.get('job_id')!r} in this kernel", **jobs_payload()}
-        job.widget.request_stop()
+            return {"error": f"no job {data.get('job_id') or data.get('name')!r} in this kernel", **jobs_payload()}
+        _stop(job)
         return jobs_payload()
     if action == "stop_all":
         for job in JOBS.all():
             if not job.widget.snapshot.state.terminal:
-                job.widget.request_stop()
+                _stop(job)
         return jobs_payload()
-    return {"error": f"unknown action {action!r}; use 'list', 'stop' or 'stop_all'"}
+    if action == "clear_finished":
+        JOBS.clear_finished()
+        return jobs_payload()
+    return {"error": f"unknown action {action!r}; use 'list', 'stop', 'stop_all' or 'clear_finished'",
+            **jobs_payload()}
+
+
+class SidebarFeed:
+    """Pushes the job list to every open sidebar comm when it changed.
+
+    One daemon thread, started by the first comm and ended when the last one closes (or
+    at unload); `wake()` is cheap and safe from any thread (widgets call it per update).
+    """
+
+    def __init__(self) -> None:
+        self._comms: list[Any] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last: dict[int, str] = {}  # id(comm) -> the job list it was sent last
+
+    def add(self, comm: Any) -> None:
+        with self._lock:
+            self._comms.append(comm)
+            if self._thread is None or not self._thread.is_alive():
+                self._closed.clear()
+                self._thread = threading.Thread(target=self._run, name="sidebar-feed", daemon=True)
+                self._thread.start()
+
+    def remove(self, comm: Any) -> None:
+        with self._lock:
+            if comm in self._comms:
+                self._comms.remove(comm)
+            self._last.pop(id(comm), None)
+            if not self._comms:
+                self._closed.set()
+                self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def close(self, timeout: float = 1.0) -> None:
+        with self._lock:
+            self._comms.clear()
+            thread = self._thread
+        self._closed.set()
+        self._wake.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def send(self, comm: Any, payload: dict[str, Any]) -> None:
+        """Send a reply, remembering it so the next push skips an equal list."""
+        comm.send(payload)
+        with self._lock:
+            self._last[id(comm)] = json.dumps(payload["jobs"], sort_keys=True)
+
+    def _run(self) -> None:
+        while not self._closed.is_set():
+            running = any(not j.widget.snapshot.state.terminal for j in JOBS.all())
+            self._wake.wait(RUNNING_REFRESH_S if running else None)
+            self._wake.clear()
+            if self._closed.is_set():
+                return
+            try:
+                self._push()
+            except Exception:  # e.g. a comm gone at kernel shutdown
+                log.debug("sidebar push failed", exc_info=True)
+            self._closed.wait(1.0 / MAX_PUSHES_PER_S)  # the throttle
+
+    def _push(self) -> None:
+        payload = jobs_payload()
+        text = json.dumps(payload["jobs"], sort_keys=True)
+        with self._lock:
+            comms = [c for c in self._comms if self._last.get(id(c)) != text]
+            for comm in comms:
+                self._last[id(comm)] = text
+        for comm in comms:
+            comm.send(payload)
+
+
+FEED = SidebarFeed()
+JOBS.on_change(FEED.wake)
 
 
 def open_comm(comm: Any, open_msg: dict[str, Any]) -> None:
-    """Comm target callback: answer every message on this comm."""
+    """Comm target callback: answer actions, push the list now and on every change."""
 
     def on_msg(msg: dict[str, Any]) -> None:
         try:
             reply = handle_message(msg["content"]["data"])
         except Exception as exc:  # the sidebar gets the reason, the kernel lives on
             log.exception("sidebar message failed")
-            reply = {"error": f"{type(exc).__name__}: {exc}"}
-        comm.send(reply)
+            reply = {"error": f"{type(exc).__name__}: {exc}", **jobs_payload()}
+        FEED.send(comm, reply)
 
     comm.on_msg(on_msg)
-    comm.send(jobs_payload())
+    comm.on_close(lambda _msg: FEED.remove(comm))
+    adopt_plain_jobs()
+    FEED.add(comm)
+    FEED.send(comm, jobs_payload())
 
 
 def comm_manager(shell: Any) -> Any:

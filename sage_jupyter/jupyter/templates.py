@@ -12,21 +12,20 @@ import time
 from typing import Any, Iterable, Mapping
 
 from ..runtime.job import CleanupReport, ErrorInfo, JobStatus, ServiceStatus, TaskStatus
+from .graph_svg import graph_svg
+from .palette import background, badge_style
 
 MAX_TASK_ROWS = 40
-
-_COLOURS = {
-    "CREATED": "#757575", "RUNNING": "#1565c0", "STOPPING": "#ef6c00", "FINISHED": "#2e7d32",
-    "STOPPED": "#6d4c41", "FAILED": "#c62828",
-    "created": "#757575", "starting": "#1565c0", "running": "#1565c0", "stopping": "#ef6c00",
-    "cleaned": "#2e7d32", "failed": "#c62828",
-}
+RECORDS = "records in -> out"  # records the sources produced -> records the sinks took
 
 _BOX = ("font-family:var(--jp-ui-font-family,sans-serif);font-size:12px;"
         "color:var(--jp-ui-font-color1,#212121);line-height:1.4")
 _TABLE = "border-collapse:collapse;margin:4px 0;font-size:12px"
 _CELL = "padding:1px 8px;text-align:left;border-bottom:1px solid var(--jp-border-color2,#e0e0e0)"
 _NUM = _CELL.replace("text-align:left", "text-align:right")
+_PRE = ("white-space:pre-wrap;font-size:11px;margin:2px 0;padding:4px 6px;max-height:40em;overflow:auto;"
+        "border-left:3px solid var(--jp-error-color1,#d32f2f);background:var(--jp-layout-color2,#eee);"
+        "color:var(--jp-ui-font-color1,#212121)")
 
 
 def esc(value: Any) -> str:
@@ -34,16 +33,20 @@ def esc(value: Any) -> str:
 
 
 def colour(state: Any) -> str:
-    return _COLOURS.get(str(state), "#757575")
+    """The state's colour for markers without text (graph borders and dots)."""
+    return background(state)
 
 
-def badge(state: Any) -> str:
-    c = colour(state)
-    return (f'<span style="display:inline-block;padding:0 6px;border-radius:8px;color:#fff;'
-            f'background:{c};font-size:11px;font-weight:600">{esc(state)}</span>')
+def badge(state: Any, text: str | None = None) -> str:
+    """A state as a coloured pill (the palette keeps its text readable in every theme)."""
+    return (f'<span class="sage-badge" data-state="{esc(state)}" style="display:inline-block;padding:0 6px;'
+            f'border-radius:8px;{badge_style(state)};font-size:11px;font-weight:600">'
+            f'{esc(state if text is None else text)}</span>')
 
 
 def duration(seconds: float) -> str:
+    if seconds < 1:
+        return ms(seconds)
     if seconds < 60:
         return f"{seconds:.1f} s"
     minutes, secs = divmod(int(seconds), 60)
@@ -58,14 +61,17 @@ def ms(seconds: float) -> str:
     return f"{millis:.1f} ms" if millis < 10 else f"{millis:.0f} ms"
 
 
-def rate(value: float | None) -> str:
+def rate(value: float | None, average: bool = False) -> str:
+    """Records per second; `average` marks a rate over the job's whole run ("avg")."""
     if value is None:
         return ""
     if value >= 1e6:
-        return f"{value / 1e6:.1f} M/s"
-    if value >= 1e3:
-        return f"{value / 1e3:.1f} k/s"
-    return f"{value:.0f}/s"
+        text = f"{value / 1e6:.1f} M/s"
+    elif value >= 1e3:
+        text = f"{value / 1e3:.1f} k/s"
+    else:
+        text = f"{value:.0f}/s"
+    return f"avg {text}" if average else text
 
 
 def service_kind(s: ServiceStatus) -> str:
@@ -81,12 +87,22 @@ def job_nodes(s: JobStatus) -> list[str]:
     return sorted({label for label in labels if label})
 
 
-def error_details(err: ErrorInfo, label: str = "error") -> str:
-    """A red badge that unfolds to the traceback when clicked (no kernel round trip)."""
-    return (f'<details style="display:inline-block"><summary style="cursor:pointer;color:#c62828;'
-            f'font-weight:600" title="{esc(err.type)}: {esc(err.message)}">&#9888; {esc(label)}: '
-            f'{esc(err.type)}</summary><pre style="white-space:pre-wrap;font-size:11px;margin:2px 0;'
-            f'max-height:20em;overflow:auto">{esc(err.traceback or str(err))}</pre></details>')
+def error_mark(err: ErrorInfo) -> str:
+    """Where an error happened (a task or service row): a badge naming it; the traceback
+    itself is shown once, under the job (`job_error_html`)."""
+    return (f'<span class="sage-error-mark" title="{esc(err.type)}: {esc(err.message)}">'
+            f'{badge("FAILED", f"raised {err.type}")}</span>')
+
+
+def error_block(err: ErrorInfo) -> str:
+    """The error and its traceback (the user's frames only), open, without a scroll box for
+    a short stack; the full text with the runtime's frames unfolds below it."""
+    full = ""
+    if err.full_traceback and err.full_traceback != err.traceback:
+        full = (f'<details class="sage-full-traceback"><summary style="cursor:pointer;'
+                f'color:var(--jp-ui-font-color2,#616161)">full traceback (with sage_jupyter frames)</summary>'
+                f'<pre style="{_PRE}">{esc(err.full_traceback.rstrip())}</pre></details>')
+    return (f'<pre class="sage-traceback" style="{_PRE}">{esc((err.traceback or str(err)).rstrip())}</pre>{full}')
 
 
 # ---- pieces ---------------------------------------------------------------------------
@@ -98,6 +114,7 @@ def header_html(s: JobStatus) -> str:
     return (f'<div style="display:flex;gap:10px;align-items:center;margin-bottom:4px">'
             f'<b style="font-size:13px">{esc(s.name)}</b>{badge(s.state.value)}'
             f'<span>{duration(s.elapsed_s)}</span>'
+            f'<span>{RECORDS}: {s.records_out:,} -&gt; {s.records_in:,}</span>'
             f'<span style="color:var(--jp-ui-font-color2,#616161)">{esc(s.backend)} backend{autostop}{where}'
             f' &middot; {esc(s.job_id)}</span></div>')
 
@@ -114,32 +131,15 @@ def stage_state(stage: str, tasks: Iterable[TaskStatus]) -> str:
 
 
 def graph_html(s: JobStatus) -> str:
-    """The pipeline as columns of boxes (one column per depth), coloured by stage state."""
-    if not s.stages:
-        return ""
-    depth: dict[str, int] = {}
-    for st in s.stages:  # stages come in declaration order: upstreams first
-        depth[st.name] = 1 + max((depth.get(u, 0) for u in st.upstream), default=-1)
-    columns: dict[int, list[str]] = {}
-    for st in s.stages:
-        state = stage_state(st.name, s.tasks)
-        par = f" &times;{st.parallelism}" if st.parallelism > 1 else ""
-        box = (f'<div title="{esc(st.name)}: {esc(state)}" style="border:2px solid {colour(state)};'
-               f'border-radius:4px;padding:1px 6px;margin:2px 0;white-space:nowrap;'
-               f'background:var(--jp-layout-color1,#fff)"><span style="color:{colour(state)}">&#9679;</span> '
-               f'{esc(st.name)}{par}</div>')
-        columns.setdefault(depth[st.name], []).append(box)
-    arrow = '<div style="align-self:center;color:var(--jp-ui-font-color2,#616161)">&#8594;</div>'
-    cols = [f'<div style="display:flex;flex-direction:column;justify-content:center">{"".join(b)}</div>'
-            for _, b in sorted(columns.items())]
-    return (f'<div style="display:flex;gap:6px;align-items:stretch;margin:4px 0;flex-wrap:wrap">'
-            f'{arrow.join(cols)}</div>')
+    """The pipeline as a DAG (fan-in and fan-out drawn as edges), each stage coloured by state."""
+    return graph_svg(s.stages, lambda stage: stage_state(stage, s.tasks), colour, esc)
 
 
 def tasks_html(s: JobStatus, rates: Mapping[str, float] | None = None) -> str:
     if not s.tasks:
         return ""
     rates = rates or {}
+    average = s.state.terminal  # a final rate is over the whole run
     show_worker = any(t.worker != "thread" for t in s.tasks)
     show_node = any(t.node_label for t in s.tasks)
     head = ["task", "state", "in", "out", "rate", ""] + (["worker"] if show_worker else []) + \
@@ -148,8 +148,8 @@ def tasks_html(s: JobStatus, rates: Mapping[str, float] | None = None) -> str:
     for t in s.tasks[:MAX_TASK_ROWS]:
         cells = [f'<td style="{_CELL}">{esc(t.name)}</td>', f'<td style="{_CELL}">{badge(t.state.value)}</td>',
                  f'<td style="{_NUM}">{t.records_in:,}</td>', f'<td style="{_NUM}">{t.records_out:,}</td>',
-                 f'<td style="{_NUM}">{rate(rates.get(t.name))}</td>',
-                 f'<td style="{_CELL}">{error_details(t.error) if t.error else ""}</td>']
+                 f'<td style="{_NUM}">{rate(rates.get(t.name), average)}</td>',
+                 f'<td style="{_CELL}">{error_mark(t.error) if t.error else ""}</td>']
         if show_worker:
             cells.append(f'<td style="{_CELL}"><code>{esc(t.worker[:12])}</code></td>')
         if show_node:
@@ -168,35 +168,43 @@ def services_html(s: JobStatus) -> str:
     for svc in s.services:
         rows.append(f'<tr><td style="{_CELL}">{esc(svc.name)}</td><td style="{_CELL}">{esc(service_kind(svc))}</td>'
                     f'<td style="{_CELL}">{badge(svc.state.value)}</td><td style="{_NUM}">{svc.calls:,}</td>'
-                    f'<td style="{_CELL}">{error_details(svc.error) if svc.error else ""}</td></tr>')
+                    f'<td style="{_CELL}">{error_mark(svc.error) if svc.error else ""}</td></tr>')
     return _table(["service", "kind", "state", "calls", ""], rows)
 
 
 def cleanup_html(report: CleanupReport | None) -> str:
     if report is None:
         return ""
-    ok = report.ok
     head = (f'<div style="margin-top:4px"><b>Cleanup</b> ({esc(report.reason)}): '
-            f'<span style="color:{colour("cleaned" if ok else "failed")}">'
-            f'{"all services cleaned" if ok else "incomplete"}</span> in {ms(report.duration_s)}</div>')
+            f'{badge(*cleanup_verdict(report))} in {ms(report.duration_s)}</div>')
     rows = []
     for c in report.services:
         killed = "" if c.killed is None else ("actor killed" if c.killed else "actor NOT killed")
         rows.append(f'<tr><td style="{_CELL}">{esc(c.name)}</td><td style="{_CELL}">{esc(c.kind)}</td>'
-                    f'<td style="{_CELL};color:{colour("cleaned" if c.ok else "failed")}">{esc(c.describe())}</td>'
+                    f'<td style="{_CELL}">{badge("cleaned" if c.cleaned else "failed", c.describe())}</td>'
                     f'<td style="{_CELL}">{killed}</td><td style="{_NUM}">{ms(c.duration_s)}</td></tr>')
     table = _table(["service", "kind", "result", "", "took"], rows) if rows else ""
     left = ""
     if report.tasks_left_running:
-        left = f'<div style="color:#c62828">tasks still running: {esc(", ".join(report.tasks_left_running))}</div>'
+        left = f'<div>{badge("FAILED", "tasks still running")} {esc(", ".join(report.tasks_left_running))}</div>'
     return head + table + left
 
 
+def cleanup_verdict(report: CleanupReport) -> tuple[str, str]:
+    """(state, text) of a cleanup: ok only when every service ran and was cleaned."""
+    if report.ok and all(c.cleaned for c in report.services):
+        return "ok", "all services cleaned"
+    if report.ok:
+        return "failed", "cleaned; a service failed to start"
+    return "incomplete", "incomplete"
+
+
 def job_error_html(s: JobStatus) -> str:
+    """The job's error, shown once: where, what, then the user's frames."""
     if s.error is None:
         return ""
-    return (f'<div style="margin:4px 0;color:#c62828">failed in {esc(s.error.where)}: '
-            f'{error_details(s.error, "traceback")}</div>')
+    return (f'<div class="sage-job-error" style="margin:4px 0">{badge("FAILED", "error")} '
+            f'<b>{esc(s.error.where)}</b>: {esc(s.error.type)}: {esc(s.error.message)}{error_block(s.error)}</div>')
 
 
 def _table(head: list[str], rows: list[str]) -> str:
@@ -209,7 +217,7 @@ def _table(head: list[str], rows: list[str]) -> str:
 
 def job_html(s: JobStatus, rates: Mapping[str, float] | None = None, note: str = "") -> str:
     """The full job view: header, graph, tasks, services, error, cleanup report."""
-    extra = f'<div style="color:#ef6c00">{esc(note)}</div>' if note else ""
+    extra = f'<div>{badge("STOPPING", "note")} {esc(note)}</div>' if note else ""
     return (f'<div class="sage-job" style="{_BOX}">{header_html(s)}{extra}{graph_html(s)}'
             f'{tasks_html(s, rates)}{services_html(s)}{job_error_html(s)}{cleanup_html(s.cleanup_report)}</div>')
 
@@ -217,7 +225,8 @@ def job_html(s: JobStatus, rates: Mapping[str, float] | None = None, note: str =
 def job_text(s: JobStatus) -> str:
     """Plain-text fallback of the job view."""
     lines = [f"Job {s.name!r} ({s.job_id}) {s.state.value} after {duration(s.elapsed_s)}, "
-             f"{s.backend} backend" + (", autostop" if s.autostop else "")]
+             f"{s.backend} backend" + (", autostop" if s.autostop else "")
+             + f", {RECORDS}: {s.records_out:,} -> {s.records_in:,}"]
     for t in s.tasks[:MAX_TASK_ROWS]:
         err = f"  error: {t.error.type}: {t.error.message}" if t.error else ""
         node = f" on {t.node_label}" if t.node_label else ""
@@ -226,9 +235,10 @@ def job_text(s: JobStatus) -> str:
         lines.append(f"  service {svc.name} ({service_kind(svc)}): {svc.state.value}, {svc.calls} calls")
     if s.error is not None:
         lines.append(f"  failed in {s.error.where}: {s.error.type}: {s.error.message}")
+        lines.extend(f"    {line}" for line in s.error.traceback.rstrip().splitlines())
     r = s.cleanup_report
     if r is not None:
-        verdict = "all services cleaned" if r.ok else "incomplete"
+        verdict = cleanup_verdict(r)[1]
         lines.append(f"  cleanup ({r.reason}): {verdict} in {ms(r.duration_s)}")
         lines.extend(f"    {c.name}: {c.describe()}" for c in r.services)
     return "\n".join(lines)
@@ -238,12 +248,12 @@ def job_row(s: JobStatus, now: float | None = None) -> dict[str, str]:
     """One row of the kernel's job table."""
     now = time.time() if now is None else now
     services = ", ".join(f"{svc.name}: {svc.state.value}" for svc in s.services) or "-"
-    return {"name": s.name, "state": s.state.value, "records": f"{s.records_out:,} -> {s.records_in:,}",
+    return {"name": s.name, "state": s.state.value, RECORDS: f"{s.records_out:,} -> {s.records_in:,}",
             "services": services, "age": duration(max(0.0, now - s.created_at)), "backend": s.backend,
             "job_id": s.job_id, "nodes": ", ".join(job_nodes(s)) or "-"}
 
 
-JOB_COLUMNS = ("name", "state", "records", "services", "nodes", "age")
+JOB_COLUMNS = ("name", "state", RECORDS, "services", "nodes", "age")
 SERVICE_COLUMNS = ("name", "class", "kind")
 
 

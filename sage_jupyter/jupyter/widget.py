@@ -51,6 +51,7 @@ class JobWidget:
         self._display: Any = None
         self._final_published = False
         self.updates = 0  # rendered state messages, for tests and benchmarks
+        self.listeners: list[Callable[[JobStatus], None]] = []  # told of every shown snapshot
         snapshot = handle.status()
         self.snapshot: JobStatus = snapshot
 
@@ -165,6 +166,11 @@ class JobWidget:
                 with self.stop_button.hold_sync():
                     self.stop_button.disabled = True
                     self.stop_button.description = "Stop"
+        for listener in list(self.listeners):
+            try:
+                listener(snapshot)
+            except Exception:  # another view's bug must not stop this one
+                log.exception("widget listener failed")
 
     def _render(self, snapshot: JobStatus) -> str:
         return templates.job_html(snapshot, self._rates.update(snapshot), self._note)

@@ -27,6 +27,14 @@ class JobRuntime:
     output: "Callable[[str, str], None] | None" = None  # (stream, text) from workers
 
 
+def operator_state(task_state: TaskState, failing: str | None, label: str) -> TaskState:
+    """The state of one operator of a chained task: only the operator that raised is FAILED;
+    the others of its chain were stopped by that failure."""
+    if task_state is TaskState.FAILED and failing is not None and label != failing:
+        return TaskState.STOPPED
+    return task_state
+
+
 class TaskBackend(abc.ABC):
     name = "abstract"
 
@@ -60,5 +68,6 @@ def chain_statuses(chain: ChainSpec, index: int, state: TaskState, counters: dic
     for label in chain.labels:
         rin, rout = counters.get(label, (0, 0))
         err = error if error is not None and failing in (label, None) else None
-        out.append(TaskStatus(f"{label}[{index}]", label, index, state, rin, rout, err, worker, node, node_label))
+        out.append(TaskStatus(f"{label}[{index}]", label, index, operator_state(state, failing, label), rin, rout,
+                              err, worker, node, node_label))
     return out

@@ -20,7 +20,7 @@ from .context import RuntimeContext, make_logger
 from .errors import PipelineError
 from .executor import DaemonExecutor, join_all
 from .graph import PipelineGraph, ServiceSpec
-from .job import (CleanupReport, ErrorInfo, HookOutcome, JobState, JobStatus, ServiceCleanup,
+from .job import (CleanupReport, ErrorInfo, HookOutcome, JobState, JobStatus, ServiceCleanup, ServiceState,
                   StageInfo, StatusListener, TaskState)
 from .plan import build_plan
 from .policy import CleanupPolicy
@@ -134,6 +134,7 @@ class Dispatcher:
                 host.start(self._context(f"service:{host.name}", 0, 1))
             except BaseException as exc:  # noqa: BLE001 - fails the job, reported to wait()
                 host.error = error_info(f"service {host.name!r} setup", exc)
+                host.state = ServiceState.FAILED  # stays FAILED through its cleanup
                 self._fail(host.error)
                 self._finalize()
                 return

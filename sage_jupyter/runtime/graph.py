@@ -10,6 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+KeyFactory = Callable[[], Callable[[Any], Any]]
+MULTI_INPUT_KINDS = ("comap", "join")  # stages whose records carry the index of their input
+
+
+@dataclass(frozen=True)
+class InputRoute:
+    """How the records of one input reach a stage: its partitioning and key function."""
+
+    partition: str = "forward"
+    key_factory: KeyFactory | None = None
+
+
 # How a stage's object is driven (`StageSpec.call`).
 #   "method": factory() returns an object; the runtime attaches `ctx` and calls `.execute`.
 #   "plain":  factory() returns a plain callable used as the execute function.
@@ -31,10 +43,32 @@ class StageSpec:
     user_object: Any = None  # the class or function the user passed, for error messages
     downstream: list[int] = field(default_factory=list)
     ray_remote_args: dict[str, Any] | None = None  # checked `.options()` for each instance's actor
+    # Stages fed by connected streams: one route per entry of `upstream`, in input order
+    # (each input keeps its own keyby). Empty: every input uses `partition`/`key_factory`.
+    inputs: tuple[InputRoute, ...] = ()
 
     @property
     def label(self) -> str:
         return f"{self.kind}:{self.name}"
+
+    @property
+    def function_class(self) -> Any:
+        """The class (or plain function) the user passed; upstream transformations' name."""
+        obj = self.user_object
+        return obj if hasattr(obj, "__name__") else type(obj)
+
+    @property
+    def basename(self) -> str:
+        return self.name
+
+    def route(self, position: int) -> InputRoute:
+        """How the input at `position` of `upstream` reaches this stage."""
+        return self.inputs[position] if self.inputs else InputRoute(self.partition, self.key_factory)
+
+    @property
+    def tagged(self) -> bool:
+        """True if each batch must say which input it came from (comap, join)."""
+        return self.kind in MULTI_INPUT_KINDS
 
 
 @dataclass

@@ -59,12 +59,14 @@ class ServiceState(str, enum.Enum):
 
 @dataclass(frozen=True)
 class ErrorInfo:
-    """A failure, with where it happened and the original traceback text."""
+    """A failure, with where it happened: `traceback` holds the user's frames only,
+    `full_traceback` every frame (the runtime's too)."""
 
     where: str
     type: str
     message: str
     traceback: str
+    full_traceback: str = ""
 
     def __str__(self) -> str:
         return f"{self.where}: {self.type}: {self.message}"
@@ -132,15 +134,22 @@ class ServiceCleanup:
     cleanup: HookOutcome
     killed: bool | None = None  # None: not an actor
     duration_s: float = 0.0
+    start_error: str | None = None  # what setup() or start() raised: the service FAILED
 
     @property
     def ok(self) -> bool:
+        """Its cleanup went well (hooks ran, actor killed)."""
         return self.stop.ok and self.cleanup.ok and self.killed is not False
 
+    @property
+    def cleaned(self) -> bool:
+        """It ran and was cleaned: False for a service that failed to start."""
+        return self.ok and self.start_error is None
+
     def describe(self) -> str:
-        if self.ok:
+        if self.cleaned:
             return "ok"
-        parts = []
+        parts = [f"failed to start: {self.start_error}"] if self.start_error else []
         for hook, res in (("stop", self.stop), ("cleanup", self.cleanup)):
             if not res.ok:
                 parts.append(f"{hook}() {res.outcome}" + (f": {res.error}" if res.error else ""))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import time
 import zlib
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, NoReturn
 
 from .channels import END
 from .context import RuntimeContext
@@ -24,6 +24,27 @@ SLOW_BATCH_S = 0.02
 POLL_BACKOFF_MAX_S = 0.05
 
 MakeContext = Callable[[str, int, int], RuntimeContext]
+
+
+class TaggedBatch(list[Any]):
+    """A batch bound for a multi-input stage (comap, join): its records, and the index of the
+    input they came from. Pickles as (tag, records), so every transport carries it."""
+
+    __slots__ = ("tag",)
+
+    def __init__(self, tag: int, records: Iterable[Any]) -> None:
+        super().__init__(records)
+        self.tag = tag
+
+    def __reduce__(self) -> tuple[type[TaggedBatch], tuple[int, list[Any]]]:
+        return (TaggedBatch, (self.tag, list(self)))
+
+
+def untag(batch: list[Any], label: str) -> tuple[int, list[Any]]:
+    """The input index and records of a batch reaching a multi-input stage."""
+    if not isinstance(batch, TaggedBatch):
+        raise TypeError(f"{label}: a multi-input stage got a batch without its input index")
+    return batch.tag, batch
 
 
 class Operator:
@@ -78,6 +99,38 @@ class Operator:
                     ctx.emit = None
                 op.records_out += len(out)
                 return out
+        elif kind == "comap":
+            per_input = self._per_input_functions()
+
+            def run(batch: list[Any]) -> list[Any] | None:
+                tag, records = untag(batch, op.label)
+                op.records_in += len(records)
+                out = [y for y in map(per_input[tag], records) if y is not None]
+                op.records_out += len(out)
+                return out
+        elif kind == "join":
+            ctx = self.ctx
+            routes = [self.stage.route(i) for i in range(len(self.stage.upstream))]
+            keys = [route.key_factory() if route.key_factory else _no_key(self.label, i)
+                    for i, route in enumerate(routes)]
+
+            def run(batch: list[Any]) -> list[Any] | None:
+                tag, records = untag(batch, op.label)
+                key = keys[tag]
+                op.records_in += len(records)
+                out: list[Any] = []
+                ctx.emit = out.append  # what `self.collect(x)` calls
+                try:
+                    for x in records:
+                        produced = fn(x, key(x), tag)
+                        if isinstance(produced, list):  # upstream: a list is many, anything else one
+                            out.extend(y for y in produced if y is not None)
+                        elif produced is not None:
+                            out.append(produced)
+                finally:
+                    ctx.emit = None
+                op.records_out += len(out)
+                return out
         elif kind == "sink":
             def run(batch: list[Any]) -> list[Any] | None:
                 for x in batch:
@@ -87,6 +140,13 @@ class Operator:
         else:
             raise ValueError(f"{self.label}: a {kind} stage cannot follow another stage")
         return run
+
+    def _per_input_functions(self) -> list[Callable[[Any], Any]]:
+        """comap: `map0`, `map1`, ... of the object, or the plain callables, one per input."""
+        count = len(self.stage.upstream)
+        if self.stage.call != "method":
+            return list(self.obj)
+        return [getattr(self.obj, f"map{i}") for i in range(count)]
 
     def close(self) -> None:
         """Call the user's `close()` once."""
@@ -265,6 +325,8 @@ def stable_hash(key: Any) -> int:
 def make_route(edge: EdgeSpec, index: int, put: list[Callable[[Any], None]]) -> Callable[[list[Any]], None]:
     """How one producer instance sends a batch over `edge`; `put[i]` feeds consumer i."""
     n = len(put)
+    if edge.tag is not None:  # a multi-input consumer: say which of its inputs this is
+        put = [_tagging(p, edge.tag) for p in put]
     if edge.mode == "pointwise":
         return put[index]
     if edge.mode == "broadcast":
@@ -293,3 +355,14 @@ def make_route(edge: EdgeSpec, index: int, put: list[Callable[[Any], None]]) -> 
 def end_targets(edge: EdgeSpec, index: int, n: int) -> range:
     """Consumer instances that get this producer's end marker over `edge`."""
     return range(index, index + 1) if edge.mode == "pointwise" else range(n)
+
+
+def _tagging(put: Callable[[Any], None], tag: int) -> Callable[[list[Any]], None]:
+    def put_tagged(batch: list[Any]) -> None:
+        put(TaggedBatch(tag, batch))
+
+    return put_tagged
+
+
+def _no_key(label: str, position: int) -> NoReturn:
+    raise ValueError(f"{label}: input {position} has no key; a join needs keyby(...) on every input")

@@ -25,6 +25,7 @@ class EdgeSpec:
     mode: str
     src_parallelism: int
     key_factory: Callable[[], Callable[[Any], Any]] | None = None
+    tag: int | None = None  # the consumer's input index, for multi-input stages (comap, join)
 
     def ends_per_consumer(self) -> int:
         """How many end markers each consumer instance receives over this edge."""
@@ -87,20 +88,23 @@ def build_plan(graph: PipelineGraph, chaining: bool = True) -> Plan:
         chain_of[stage.id] = chain.id
     for chain in chains:
         head = chain.stages[0]
-        for up_id in head.upstream:
+        for position, up_id in enumerate(head.upstream):
             src = chains[chain_of[up_id]]
-            edge = EdgeSpec(src.id, chain.id, _mode(head, src.parallelism), src.parallelism,
-                            head.key_factory if head.partition == "hash" else None)
+            route = head.route(position)
+            edge = EdgeSpec(src.id, chain.id, _mode(head.parallelism, route.partition, src.parallelism),
+                            src.parallelism,
+                            key_factory=route.key_factory if route.partition == "hash" else None,
+                            tag=position if head.tagged else None)
             src.outputs.append(edge)
             chain.inputs.append(edge)
     return Plan(chains, labels)
 
 
-def _mode(head: StageSpec, src_parallelism: int) -> str:
-    if head.parallelism == 1:
+def _mode(parallelism: int, partition: str, src_parallelism: int) -> str:
+    if parallelism == 1:
         return "rebalance"  # every producer instance feeds the single consumer
-    if head.partition == "hash":
+    if partition == "hash":
         return "hash"
-    if head.partition == "broadcast":
+    if partition == "broadcast":
         return "broadcast"
-    return "pointwise" if src_parallelism == head.parallelism else "rebalance"
+    return "pointwise" if src_parallelism == parallelism else "rebalance"

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
 import threading
 import time
-import traceback
 from concurrent.futures import Future
 from typing import Any, Callable
 
@@ -22,14 +22,10 @@ from .graph import ServiceSpec
 from .job import ErrorInfo, HookOutcome, ServiceCleanup, ServiceState, ServiceStatus
 from .policy import CleanupPolicy
 from .threads import spawn
+from .tracebacks import error_info as error_info  # re-exported: the backends import it from here
 
 
 _NO_LOCK = contextlib.nullcontext()
-
-
-def error_info(where: str, exc: BaseException) -> ErrorInfo:
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return ErrorInfo(where=where, type=type(exc).__name__, message=str(exc), traceback=tb)
 
 
 def tag_service_error(exc: BaseException, service: str, method: str) -> None:
@@ -104,6 +100,14 @@ class ServiceHost(abc.ABC):
     def status(self) -> ServiceStatus:
         return ServiceStatus(self.name, self.kind, self.state, self.calls, self.actor_id, self.error)
 
+    def ended(self, report: ServiceCleanup) -> ServiceCleanup:
+        """Set the final state after cleanup: FAILED if `setup()`/`start()` raised (its
+        error is `self.error`) or a cleanup hook went wrong, else CLEANED."""
+        if self.error is not None:
+            report = dataclasses.replace(report, start_error=f"{self.error.type}: {self.error.message}")
+        self.state = ServiceState.CLEANED if report.cleaned else ServiceState.FAILED
+        return report
+
 
 class LocalServiceHost(ServiceHost):
     """A service living in this process; calls are plain method calls (no queue hop)."""
@@ -154,9 +158,8 @@ class LocalServiceHost(ServiceHost):
     def stop_and_cleanup(self, policy: CleanupPolicy) -> ServiceCleanup:
         t0 = time.perf_counter()
         if self.instance is None:  # never built
-            self.state = ServiceState.CLEANED
             skipped = HookOutcome("skipped")
-            return ServiceCleanup(self.name, self.kind, skipped, skipped)
+            return self.ended(ServiceCleanup(self.name, self.kind, skipped, skipped))
         self.state = ServiceState.STOPPING
         stop = run_hook(getattr(self.instance, "stop", None), policy.graceful_timeout, f"sage-stop:{self.name}")
         self.accepting = False
@@ -164,8 +167,7 @@ class LocalServiceHost(ServiceHost):
             getattr(self.instance, "cleanup", None), policy.graceful_timeout, f"sage-cleanup:{self.name}"
         )
         report = ServiceCleanup(self.name, self.kind, stop, cleanup, None, time.perf_counter() - t0)
-        self.state = ServiceState.CLEANED if report.ok else ServiceState.FAILED
-        return report
+        return self.ended(report)
 
 
 class ServiceProxy:

@@ -59,6 +59,9 @@ def user_modules(graph: PipelineGraph, services: Iterable[ServiceSpec]) -> list[
     objects: list[Any] = []
     for stage in graph.stages:
         objects += [stage.user_object, *_code_objects(stage.key_factory)]
+        objects += [o for route in stage.inputs for o in _code_objects(route.key_factory)]  # connected streams
+        if isinstance(stage.user_object, (list, tuple)):  # comap([f0, f1])
+            objects += list(stage.user_object)
     objects += [s.cls for s in services]
     names: set[str] = set()
     for obj in objects:

@@ -25,6 +25,7 @@ class ThreadTask:
         self.outputs = outputs  # (edge, consumer channels)
         self.state = TaskState.CREATED
         self.error: ErrorInfo | None = None
+        self.failing: str | None = None  # label of the operator that raised
         self.thread = spawn(self.run, f"sage:{job.job_name}:{self.name}", job.output, start=False)
 
     def run(self) -> None:
@@ -43,7 +44,8 @@ class ThreadTask:
             self.state = TaskState.STOPPED
             self.runner.close_quietly()
         except BaseException as exc:  # noqa: BLE001 - reported to the dispatcher
-            where = f"stage {self.runner.failing_label!r} (instance {self.index})"
+            self.failing = self.runner.failing_label
+            where = f"stage {self.failing!r} (instance {self.index})"
             self.error = error_info(where, exc)
             self.state = TaskState.FAILED
             self.runner.close_quietly()
@@ -51,7 +53,7 @@ class ThreadTask:
 
     def statuses(self) -> list[TaskStatus]:
         counters = {op.label: (op.records_in, op.records_out) for op in list(self.runner.ops)}
-        return chain_statuses(self.chain, self.index, self.state, counters, self.error, self.runner.failing_label)
+        return chain_statuses(self.chain, self.index, self.state, counters, self.error, self.failing)
 
 
 class ThreadBackend(TaskBackend):

@@ -45,7 +45,8 @@ def check_shippable(graph: PipelineGraph, services: Iterable[ServiceSpec]) -> No
     labels = graph.labels()
     for stage in graph.stages:
         for what, obj in (("function", stage.user_object), ("factory", stage.factory),
-                          ("key function", stage.key_factory)):
+                          ("key function", stage.key_factory),
+                          *(("key function", route.key_factory) for route in stage.inputs)):
             if obj is None:
                 continue
             problem = _unpicklable(obj)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import inspect
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +30,7 @@ from .cluster import actor_options, ensure_ray, node_label, where_am_i
 from .options import describe_demand
 from .orphans import NAMESPACE, actor_name, kill_actor, wait_dead
 from .pickling import dumps, loads
+from ..tracebacks import user_traceback
 
 CALL_THREADS = 8  # concurrent method calls per service actor, like the driver's call pool
 STATS_EVERY_S = 0.25
@@ -39,7 +39,7 @@ STATS_EVERY_S = 0.25
 def pack_error(exc: BaseException, note: str) -> bytes:
     """Pickle an exception for the caller, with the remote traceback as a note; an
     exception that cannot be pickled becomes a RuntimeError carrying its text."""
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    tb = user_traceback(exc)
     add_note = getattr(exc, "add_note", None)  # Python 3.11+
     try:
         if add_note is not None:
@@ -412,9 +412,8 @@ class RayServiceHost(ServiceHost):
     def stop_and_cleanup(self, policy: CleanupPolicy) -> ServiceCleanup:
         t0 = time.perf_counter()
         if self.wrapper is None:  # never started: nothing to clean or kill
-            self.state = ServiceState.CLEANED
             skipped = HookOutcome("skipped")
-            return ServiceCleanup(self.name, self.kind, skipped, skipped, None)
+            return self.ended(ServiceCleanup(self.name, self.kind, skipped, skipped, None))
         self.state = ServiceState.STOPPING
         self._collect_stats()
         _, killed = self.wrapper.cleanup_and_kill(policy.graceful_timeout, no_restart=True,
@@ -423,8 +422,7 @@ class RayServiceHost(ServiceHost):
         stop, cleanup = self.wrapper.outcomes or (HookOutcome("skipped"), HookOutcome("skipped"))
         self.calls = max(self.calls, self.wrapper.calls or 0)
         report = ServiceCleanup(self.name, self.kind, stop, cleanup, killed, time.perf_counter() - t0)
-        self.state = ServiceState.CLEANED if report.ok else ServiceState.FAILED
-        return report
+        return self.ended(report)
 
     def _collect_stats(self) -> None:
         """Take a pending stats answer (so its output is not lost) before cleanup."""

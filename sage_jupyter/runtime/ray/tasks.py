@@ -138,7 +138,9 @@ class ChainActor:
             chain, index = loads(self._payload)
             self._caller = actor_service_caller(self._service_targets)
             runner = self._runner = ChainRunner(chain, index, self._make_ctx)
-            self._links = [[_Link(h, self._task_name, self) for h in handles] for handles in self._outputs]
+            # One ordering key per output edge: a stream connected to itself feeds one consumer twice.
+            self._links = [[_Link(h, f"{self._task_name}>{e}", self) for h in handles]
+                           for e, handles in enumerate(self._outputs)]
             routes = [make_route(edge, index, [link.put for link in links])
                       for edge, links in zip(chain.outputs, self._links, strict=True)]
             runner.open()

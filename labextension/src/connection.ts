@@ -1,0 +1,175 @@
+/**
+ * The comm to the current notebook's kernel (target "sage_jupyter", registered by
+ * `%load_ext sage_jupyter`). The kernel pushes the job list on every change; this side
+ * sends only user actions, and opens the comm again when the kernel restarts, the
+ * notebook changes or a cell ran while the extension was not loaded. It never polls: every
+ * request is a shell message whose busy/idle status would make a busy kernel look idle.
+ */
+import { ISessionContext } from '@jupyterlab/apputils';
+import { Kernel, KernelMessage } from '@jupyterlab/services';
+
+import { IJobList, JobsModel } from './model';
+
+/** The comm target that `%load_ext sage_jupyter` registers in the kernel. */
+export const COMM_TARGET = 'sage_jupyter';
+
+/** An action of the sidebar protocol (see sage_jupyter/jupyter/sidebar.py). */
+export type Action =
+  | { action: 'list' }
+  | { action: 'stop'; job_id: string }
+  | { action: 'stop_all' }
+  | { action: 'clear_finished' };
+
+/** Reconnect delays (ms) after a comm was lost: doubling up to the maximum. */
+const RETRY_FIRST = 500;
+const RETRY_MAX = 10000;
+
+/** Kernel states in which no comm can be opened. */
+const KERNEL_DOWN = new Set(['restarting', 'autorestarting', 'dead', 'unknown']);
+
+export class KernelConnection {
+  constructor(readonly model: JobsModel) {}
+
+  /** Follow another notebook's session (or none): drop the old comm, open a new one. */
+  follow(context: ISessionContext | null): void {
+    if (context === this._context) {
+      return;
+    }
+    if (this._context) {
+      this._context.kernelChanged.disconnect(this._reconnect, this);
+      this._context.statusChanged.disconnect(this._onStatus, this);
+    }
+    this._context = context;
+    if (context) {
+      context.kernelChanged.connect(this._reconnect, this);
+      context.statusChanged.connect(this._onStatus, this);
+    }
+    this._reconnect();
+  }
+
+  /** Send a user action; the kernel answers with the new list. */
+  send(data: Action): void {
+    const comm = this._comm;
+    if (comm && !comm.isDisposed && this.model.phase === 'connected') {
+      comm.send(data as unknown as KernelMessage.ICommMsgMsg['content']['data']);
+    }
+  }
+
+  dispose(): void {
+    this.follow(null);
+  }
+
+  private _reconnect(): void {
+    this._drop();
+    this._retry = RETRY_FIRST;
+    this._connect();
+  }
+
+  private _onStatus(_: ISessionContext, status: Kernel.Status): void {
+    if (KERNEL_DOWN.has(status) || status === 'starting') {
+      // A restart disposes the kernel's comms: forget ours and open one when it is up.
+      this._drop();
+      this.model.setPhase('kernel-down');
+    } else if (this.model.phase === 'kernel-down') {
+      this._reconnect();
+    }
+  }
+
+  private _onIOPub(_: Kernel.IKernelConnection, msg: KernelMessage.IIOPubMessage): void {
+    // A cell finished while the extension was not loaded: it may have loaded it now.
+    if (
+      this.model.phase === 'missing' &&
+      msg.header.msg_type === 'status' &&
+      (msg.content as KernelMessage.IStatusMsg['content']).execution_state === 'idle' &&
+      (msg.parent_header as KernelMessage.IHeader).msg_type === 'execute_request'
+    ) {
+      this._connect();
+    }
+  }
+
+  private _connect(): void {
+    window.clearTimeout(this._timer);
+    const context = this._context;
+    const kernel = context?.session?.kernel ?? null;
+    if (!context) {
+      this.model.setPhase('no-notebook');
+      return;
+    }
+    if (!kernel) {
+      this.model.setPhase('no-kernel'); // kernelChanged brings us back
+      return;
+    }
+    if (kernel !== this._kernel) {
+      this._kernel?.iopubMessage.disconnect(this._onIOPub, this);
+      this._kernel = kernel;
+      kernel.iopubMessage.connect(this._onIOPub, this);
+    }
+    if (KERNEL_DOWN.has(kernel.status)) {
+      this.model.setPhase('kernel-down'); // statusChanged brings us back
+      return;
+    }
+    if (this._comm && !this._comm.isDisposed) {
+      return;
+    }
+    const comm = kernel.createComm(COMM_TARGET);
+    let answered = false;
+    comm.onMsg = msg => {
+      if (comm === this._comm) {
+        answered = true;
+        this._retry = RETRY_FIRST;
+        this.model.update(msg.content.data as unknown as IJobList);
+      }
+    };
+    comm.onClose = () => {
+      if (comm !== this._comm) {
+        return;
+      }
+      this._comm = null;
+      if (!answered) {
+        // The kernel closes a comm at once when nothing registered its target: wait for
+        // the next cell to run rather than asking again and again.
+        this.model.setPhase('missing');
+      } else {
+        this._later();
+      }
+    };
+    this._comm = comm;
+    if (this.model.phase !== 'connected') {
+      this.model.setPhase('connecting');
+    }
+    try {
+      comm.open({}); // the kernel answers the opening with the job list, then pushes
+    } catch {
+      this._comm = null;
+      this._later();
+    }
+  }
+
+  /** Try again after a growing delay (the kernel went away under us). */
+  private _later(): void {
+    window.clearTimeout(this._timer);
+    this._timer = window.setTimeout(() => this._connect(), this._retry);
+    this._retry = Math.min(this._retry * 2, RETRY_MAX);
+  }
+
+  private _drop(): void {
+    window.clearTimeout(this._timer);
+    const comm = this._comm;
+    this._comm = null;
+    this._kernel?.iopubMessage.disconnect(this._onIOPub, this);
+    this._kernel = null;
+    if (comm && !comm.isDisposed) {
+      try {
+        comm.close();
+      } catch {
+        // The kernel is already gone; nothing to close.
+      }
+    }
+  }
+
+  private _context: ISessionContext | null = null;
+  private _kernel: Kernel.IKernelConnection | null = null;
+  private _comm: Kernel.IComm | null = null;
+  private _timer = 0;
+  private _retry = RETRY_FIRST;
+}
