@@ -167,8 +167,8 @@ def main() -> int:
         os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="sgb", dir="/tmp"))
     import ray
 
-    from sage_jupyter.runtime.ray_backend import INFLIGHT_PER_LINK
-    from sage_jupyter.runtime.ray_support import ensure_ray
+    from sage_jupyter.runtime.ray.tasks import INFLIGHT_PER_LINK
+    from sage_jupyter.runtime.ray.cluster import ensure_ray
 
     if not ray.is_initialized() and "RAY_ADDRESS" not in os.environ:
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20,

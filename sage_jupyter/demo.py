@@ -63,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.backend == "ray":  # start (or attach to) Ray first, so the timing below is the job's
-        from .runtime.ray_support import ensure_ray
+        from .runtime.ray.cluster import ensure_ray
 
         t0 = time.perf_counter()
         ensure_ray()

@@ -1,5 +1,8 @@
 """Shared fixtures: one real Ray per test session, thread-leak checks, a JobManager daemon per
-module, an IPython shell with the extension loaded."""
+module, an IPython shell with the extension loaded, and a 2-node Ray cluster.
+
+One process can be connected to one Ray at a time, so tests marked `cluster` run after all
+others: the cluster fixture disconnects from the session's local Ray before it starts."""
 
 from __future__ import annotations
 
@@ -18,10 +21,63 @@ def ray_session():
 
     if not ray.is_initialized():
         os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="sgr", dir="/tmp"))
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20,
-                 log_to_driver=False, configure_logging=False)
+        with_retries(lambda: ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20,
+                                      log_to_driver=False, configure_logging=False), ray.shutdown)
     yield ray
     ray.shutdown()
+
+
+def with_retries(start, undo=lambda: None, attempts: int = 3):
+    """Ray gives a node 30 s to register with its GCS; on a loaded machine that can pass, so
+    try again after undoing and killing the processes the failed attempt started."""
+    import psutil
+
+    for attempt in range(attempts):
+        before = {p.pid for p in psutil.Process().children(recursive=True)}
+        try:
+            return start()
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            undo()
+            for child in psutil.Process().children(recursive=True):
+                if child.pid not in before:
+                    child.kill()
+
+
+def pytest_collection_modifyitems(items):
+    """Cluster tests last (stable otherwise): the local Ray is gone once the cluster starts."""
+    items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real 2-node Ray cluster on this machine (a head and a worker, 1 CPU each, custom
+    resources `head_node` and `worker_node`), this process attached as its driver."""
+    import ray
+
+    if ray.is_initialized():  # the session's local Ray, used by the tests that ran before
+        ray.shutdown()
+    os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="sgr"))  # short: Unix socket paths
+    cluster = _start_cluster()
+    ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def _start_cluster():
+    from ray.cluster_utils import Cluster
+
+    def start():
+        small = {"num_cpus": 1, "object_store_memory": 100 * 2**20}
+        cluster = Cluster(initialize_head=True,
+                          head_node_args={**small, "resources": {"head_node": 1}, "include_dashboard": False})
+        cluster.worker = cluster.add_node(**small, resources={"worker_node": 1})
+        cluster.wait_for_nodes()
+        return cluster
+
+    return with_retries(start)
 
 
 def sage_threads() -> list[threading.Thread]:

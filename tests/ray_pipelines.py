@@ -15,7 +15,7 @@ from pathlib import Path
 import ray.cloudpickle
 
 from sage_jupyter import BaseService, MapFunction, SinkFunction
-from sage_jupyter.runtime import ray_support
+from sage_jupyter.runtime.ray import orphans
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -106,12 +106,15 @@ def journal(path) -> list[dict]:
 
 
 def live_actors(job) -> list[dict]:
-    """The job's actors that Ray's actor table does not show as DEAD."""
-    return [a for a in ray_support.sage_actors(ray_support.actor_prefix(job.job_id)) if a["state"] != "DEAD"]
+    """The job's actors that Ray still lists as alive (by their names)."""
+    return orphans.sage_actors(orphans.actor_prefix(job.job_id))
 
 
-def job_actors(job) -> list[dict]:
-    return ray_support.sage_actors(ray_support.actor_prefix(job.job_id))
+def job_actors(job) -> set[str]:
+    """Ids of every Ray actor the job's status names (tasks and services), dead or alive."""
+    status = job.status()
+    tasks = {t.worker for t in status.tasks if t.worker not in ("thread", "ray")}
+    return tasks | {s.actor_id for s in status.services if s.actor_id}
 
 
 def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:

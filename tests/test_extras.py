@@ -81,7 +81,7 @@ def test_missing_ray_is_said_once_in_an_uncaught_error(tmp_path: Path) -> None:
 
 def test_sage_ray_orphans_without_ray_names_the_extra(tmp_path: Path) -> None:
     result = run_without("ray", """
-        from sage_jupyter.runtime.ray_support import ray_module
+        from sage_jupyter.runtime.ray.cluster import ray_module
         ray_module()
     """, tmp_path)
     assert result.returncode == 1

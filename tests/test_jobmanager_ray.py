@@ -14,7 +14,7 @@ import pytest
 
 from sage_jupyter import BaseService, JobState, MapFunction, RemoteEnvironment
 from sage_jupyter.jobmanager.launch import start_daemon
-from sage_jupyter.runtime.ray_support import sage_actors
+from sage_jupyter.runtime.ray.orphans import sage_actors
 from tests.pipelines import Ticks
 
 pytestmark = pytest.mark.ray
@@ -43,7 +43,8 @@ class Bump(MapFunction):
 
 
 def live(prefix: str) -> list[dict]:
-    return [a for a in sage_actors(prefix) if a["state"] != "DEAD"]
+    """The daemon's actors Ray still lists as alive."""
+    return sage_actors(prefix)
 
 
 def test_ray_job_on_the_daemon_leaves_no_actor_after_autostop_or_sigterm(ray_session, tmp_path):
@@ -61,7 +62,9 @@ def test_ray_job_on_the_daemon_leaves_no_actor_after_autostop_or_sigterm(ray_ses
         assert cleanup.kind == "ray" and cleanup.killed is True and cleanup.ok
         calls, pid = (tmp_path / "batch").read_text().split()
         assert calls == "10" and int(pid) != daemon.pid  # cleanup() ran inside the service's actor
-        assert sage_actors(prefix) and live(prefix) == []
+        status = job.status()
+        made = {t.worker for t in status.tasks} | {s.actor_id for s in status.services}
+        assert len(made) == 2 and "thread" not in made and live(prefix) == []  # one task, one service
         # What the actors printed came back to the daemon and is kept with the job.
         assert "first bump" in job.output() and "marker cleaned" in job.output()
 

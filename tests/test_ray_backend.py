@@ -16,7 +16,7 @@ from ray_pipelines import (BrokenSetup, FileSink, Journal, SlowSink, Stuck, job_
 from tests.pipelines import Ticks
 import sage_jupyter
 from sage_jupyter import JobState, LocalEnvironment, MapFunction, PipelineError
-from sage_jupyter.runtime import ray_support
+from sage_jupyter.runtime.ray import cluster as ray_cluster, orphans
 from sage_jupyter.runtime.policy import CleanupPolicy
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_session")]
@@ -123,8 +123,8 @@ def test_actor_killed_from_outside_fails_the_job(tmp_path, no_thread_leak):
     env.from_source(Ticks, 0.002).sink(FileSink, str(tmp_path))
     job = env.submit(autostop=True, block=False)
     wait_for(lambda: job.status().records_out > 10, what="records to flow")
-    task_actor = next(a for a in job_actors(job) if ":task:" in a["name"])
-    ray.kill(ray.get_actor(task_actor["name"], namespace=ray_support.NAMESPACE), no_restart=True)
+    task_actor = next(a for a in live_actors(job) if ":task:" in a["name"])
+    ray.kill(ray.get_actor(task_actor["name"], namespace=orphans.NAMESPACE), no_restart=True)
     with pytest.raises(PipelineError) as info:
         job.wait(timeout=60)
     assert "died" in str(info.value) and "source:Ticks>sink:FileSink[0]" in info.value.stage
@@ -165,9 +165,9 @@ def test_unpicklable_code_is_rejected_at_submit_naming_it():
 
 def test_attaches_to_a_user_initialised_ray_and_leaves_it_running():
     address = ray.get_runtime_context().gcs_address
-    assert ray_support.ensure_ray() is ray
+    assert ray_cluster.ensure_ray() is ray
     assert ray.is_initialized() and ray.get_runtime_context().gcs_address == address
-    assert ray_support.started_ray() is False
+    assert ray_cluster.started_ray() is False
 
 
 def test_service_setup_failure_fails_the_job_and_kills_its_actor(tmp_path, no_thread_leak):
@@ -205,31 +205,31 @@ class Idle:
 
 
 def test_orphans_of_dead_processes_are_found_and_killed():
-    host = ray_support.actor_prefix("x").split(":")[1]
+    host = orphans.actor_prefix("x").split(":")[1]
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
     dead_pid, live_pid = int(gone.stdout), os.getppid()
     orphan = f"sage:{host}:{dead_pid}:lost-1:svc:cache"
     kept = f"sage:{host}:{live_pid}:busy-1:svc:cache"
-    actors = [Idle.options(name=n, namespace=ray_support.NAMESPACE).remote() for n in (orphan, kept)]
+    actors = [Idle.options(name=n, namespace=orphans.NAMESPACE).remote() for n in (orphan, kept)]
     ray.get([a.ping.remote() for a in actors])
-    assert ray_support.kill_orphans() == [orphan]  # its kernel is gone
-    states = {a["name"]: a["state"] for a in ray_support.sage_actors()}
-    assert states[orphan] == "DEAD" and states[kept] == "ALIVE"
+    assert orphans.kill_orphans() == [orphan]  # its kernel is gone
+    states = {a["name"]: a["state"] for a in orphans.sage_actors()}
+    assert orphan not in states and states[kept] == "ALIVE"  # dead actors are not listed
     # the command line, from another process, by prefix
     cli = subprocess.run(
-        [sys.executable, "-m", "sage_jupyter.runtime.ray_support", "--kill-orphans",
+        [sys.executable, "-m", "sage_jupyter.runtime.ray.orphans", "--kill-orphans",
          "--prefix", f"sage:{host}:{live_pid}:", "--address", ray.get_runtime_context().gcs_address],
         capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0, cli.stderr
     assert f"killed {kept}" in cli.stdout
-    ray_support.wait_dead([a._actor_id.hex() for a in actors], 10.0)
-    assert {a["name"]: a["state"] for a in ray_support.sage_actors()}[kept] == "DEAD"
+    assert orphans.wait_dead([orphan, kept], 10.0) == []
+    assert kept not in {a["name"] for a in orphans.sage_actors()}
 
 
 def test_a_slow_consumer_holds_the_source_back(no_thread_leak):
     from sage_jupyter.runtime.operators import MAX_BATCH
-    from sage_jupyter.runtime.ray_backend import INBOX_CAPACITY, INFLIGHT_PER_LINK
+    from sage_jupyter.runtime.ray.tasks import INBOX_CAPACITY, INFLIGHT_PER_LINK
 
     total = 200_000
     env = LocalEnvironment("backpressure", backend="ray")

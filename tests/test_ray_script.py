@@ -18,7 +18,7 @@ pytestmark = pytest.mark.ray
 SCRIPT = textwrap.dedent("""
     import ray
     from sage_jupyter import LocalEnvironment, MapFunction
-    from sage_jupyter.runtime import ray_support
+    from sage_jupyter.runtime.ray import cluster
 
     class Shout(MapFunction):
         def execute(self, x):
@@ -28,7 +28,7 @@ SCRIPT = textwrap.dedent("""
     env = LocalEnvironment("script", backend="ray")
     env.from_batch(range(3)).map(Shout).sink(lambda x: None)
     job = env.submit(autostop=True)
-    print("state", job.state.value, "started", ray_support.started_ray(), "alive", ray.is_initialized())
+    print("state", job.state.value, "started", cluster.started_ray(), "alive", ray.is_initialized())
 """)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..runtime.graph import StageSpec
+from ..runtime.ray.options import check_ray_remote_args
 from .resolve import check_parallelism, display_name, resolve_function
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -25,33 +26,40 @@ class DataStream:
         self._partition = partition
         self._key_factory = key_factory
 
-    def _add(self, kind: str, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], parallelism: int) -> "DataStream":
+    def _add(self, kind: str, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], parallelism: int,
+             ray_remote_args: dict[str, Any] | None = None) -> DataStream:
         if self._stage.kind == "sink":
             raise ValueError(f"{kind}() after sink(): a sink ends its stream; add stages before the sink")
         check_parallelism(kind, parallelism)
+        remote_args = check_ray_remote_args(f"{kind}({display_name(fn)})", ray_remote_args)
         factory, call = resolve_function(kind, fn, args, kwargs, parallelism)
         stage = self._env._add_stage(kind, display_name(fn), factory, call, parallelism,
                                      upstream=(self._stage.id,), partition=self._partition,
-                                     key_factory=self._key_factory, user_object=fn)
+                                     key_factory=self._key_factory, user_object=fn,
+                                     ray_remote_args=remote_args)
         return DataStream(self._env, stage)
 
-    def map(self, function: Any, *args: Any, parallelism: int = 1, **kwargs: Any) -> "DataStream":
+    def map(self, function: Any, *args: Any, parallelism: int = 1,
+            ray_remote_args: dict[str, Any] | None = None, **kwargs: Any) -> "DataStream":
         """Transform each record: a `MapFunction` subclass or a plain callable."""
-        return self._add("map", function, args, kwargs, parallelism)
+        return self._add("map", function, args, kwargs, parallelism, ray_remote_args)
 
-    def filter(self, function: Any, *args: Any, parallelism: int = 1, **kwargs: Any) -> "DataStream":
+    def filter(self, function: Any, *args: Any, parallelism: int = 1,
+            ray_remote_args: dict[str, Any] | None = None, **kwargs: Any) -> "DataStream":
         """Keep records for which the function returns true."""
-        return self._add("filter", function, args, kwargs, parallelism)
+        return self._add("filter", function, args, kwargs, parallelism, ray_remote_args)
 
-    def flatmap(self, function: Any, *args: Any, parallelism: int = 1, **kwargs: Any) -> "DataStream":
+    def flatmap(self, function: Any, *args: Any, parallelism: int = 1,
+            ray_remote_args: dict[str, Any] | None = None, **kwargs: Any) -> "DataStream":
         """Turn each record into zero or more (return an iterable, or call `self.collect`)."""
-        return self._add("flatmap", function, args, kwargs, parallelism)
+        return self._add("flatmap", function, args, kwargs, parallelism, ray_remote_args)
 
     flat_map = flatmap
 
-    def sink(self, function: Any, *args: Any, parallelism: int = 1, **kwargs: Any) -> "DataStream":
+    def sink(self, function: Any, *args: Any, parallelism: int = 1,
+            ray_remote_args: dict[str, Any] | None = None, **kwargs: Any) -> "DataStream":
         """Consume each record: a `SinkFunction` subclass or a plain callable."""
-        return self._add("sink", function, args, kwargs, parallelism)
+        return self._add("sink", function, args, kwargs, parallelism, ray_remote_args)
 
     def keyby(self, function: Any, *args: Any, strategy: str = "hash", **kwargs: Any) -> "DataStream":
         """Route each record of this stream to one instance of the next stage by

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -10,6 +11,7 @@ from ..runtime.extras import require_extra
 from ..runtime.graph import PipelineGraph, ServiceSpec, StageSpec
 from ..runtime.handle import JobHandle
 from ..runtime.policy import CleanupPolicy
+from ..runtime.ray.options import check_ray_remote_args
 from .datastream import DataStream
 from .resolve import display_name, resolve_batch_source, resolve_unbounded_source
 from .upstream_env import UpstreamEnvironment
@@ -31,6 +33,20 @@ def as_policy(value: Any, where: str) -> CleanupPolicy:
     raise TypeError(f"{where}: expected a CleanupPolicy or a dict, got {type(value).__name__}")
 
 
+def ray_config(config: dict[str, Any]) -> dict[str, Any]:
+    """`config["ray"]`, checked: today only `placement_timeout` (seconds, default 60)."""
+    ray = config.get("ray", {})
+    if not isinstance(ray, dict):
+        raise ValueError(f"config['ray'] must be a dict, got {type(ray).__name__}")
+    unknown = set(ray) - {"placement_timeout"}
+    if unknown:
+        raise ValueError(f"config['ray']: unknown key(s) {sorted(unknown)}; accepted: placement_timeout")
+    timeout = ray.get("placement_timeout", 60.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ValueError(f"config['ray']['placement_timeout'] must be a number of seconds > 0, got {timeout!r}")
+    return {"placement_timeout": float(timeout)}
+
+
 class BaseEnvironment(UpstreamEnvironment):
     """Declares services and streams; subclasses decide where `submit` runs them."""
 
@@ -50,8 +66,9 @@ class BaseEnvironment(UpstreamEnvironment):
     # ---- declaring ------------------------------------------------------------------
 
     def register_service(self, name: str, service_class: type, *args: Any, remote: bool = False,
-                         **kwargs: Any) -> None:
-        """Register a service class, built when the job starts (a Ray actor if `remote`)."""
+                         ray_remote_args: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        """Register a service class, built when the job starts (a Ray actor if `remote`;
+        `ray_remote_args` go to that actor's `.options()`)."""
         if not isinstance(name, str) or not name:
             raise ValueError(f"register_service: the name must be a non-empty string, got {name!r}")
         if name in self._services:
@@ -65,37 +82,54 @@ class BaseEnvironment(UpstreamEnvironment):
                 f"register_service({name!r}, {service_class.__name__}): its instances cannot take attributes, "
                 "so the runtime cannot attach self.ctx; pass a BaseService subclass (or a plain class)"
             )
+        remote_args = check_ray_remote_args(f"register_service({name!r})", ray_remote_args)
+        if remote_args is not None and not remote and self._runs_on_threads():
+            raise ValueError(
+                f"register_service({name!r}, ray_remote_args=...): the service runs on a thread "
+                "(remote=False on a thread-backend environment), where ray_remote_args would do "
+                "nothing; pass remote=True to run it as a Ray actor, or drop ray_remote_args"
+            )
         self._check_not_submitted("register_service")
-        self._services[name] = ServiceSpec(name, service_class, args, kwargs, bool(remote))
+        self._services[name] = ServiceSpec(name, service_class, args, kwargs, bool(remote), remote_args)
 
-    def from_batch(self, source: Any, *args: Any, **kwargs: Any) -> DataStream:
+    def _runs_on_threads(self) -> bool:
+        """Whether services with remote=False of this environment surely run on threads."""
+        return False
+
+    def from_batch(self, source: Any, *args: Any, ray_remote_args: dict[str, Any] | None = None,
+                   **kwargs: Any) -> DataStream:
         """A bounded source: a `BatchFunction` subclass (extra arguments go to its
         constructor), an iterable, or a function returning an iterator."""
+        remote_args = check_ray_remote_args(f"from_batch({display_name(source)})", ray_remote_args)
         factory, call = resolve_batch_source(source, args, kwargs, "from_batch")
-        return self._source(factory, call, source, bounded=True)
+        return self._source(factory, call, source, bounded=True, ray_remote_args=remote_args)
 
     def from_collection(self, source: Any, *args: Any, **kwargs: Any) -> DataStream:
         """Upstream SAGE spelling of `from_batch`."""
         factory, call = resolve_batch_source(source, args, kwargs, "from_collection")
         return self._source(factory, call, source, bounded=True)
 
-    def from_source(self, source: Any, *args: Any, **kwargs: Any) -> DataStream:
+    def from_source(self, source: Any, *args: Any, ray_remote_args: dict[str, Any] | None = None,
+                    **kwargs: Any) -> DataStream:
         """An unbounded source: a `SourceFunction` subclass, called until the job stops."""
+        remote_args = check_ray_remote_args(f"from_source({display_name(source)})", ray_remote_args)
         factory, call = resolve_unbounded_source(source, args, kwargs)
-        return self._source(factory, call, source, bounded=False)
+        return self._source(factory, call, source, bounded=False, ray_remote_args=remote_args)
 
-    def _source(self, factory: Callable[[], Any], call: str, user_object: Any, bounded: bool) -> DataStream:
+    def _source(self, factory: Callable[[], Any], call: str, user_object: Any, bounded: bool,
+                ray_remote_args: dict[str, Any] | None = None) -> DataStream:
         stage = self._add_stage("source", display_name(user_object), factory, call, 1, (),
-                                bounded=bounded, user_object=user_object)
+                                bounded=bounded, user_object=user_object, ray_remote_args=ray_remote_args)
         return DataStream(self, stage)
 
     def _add_stage(self, kind: str, name: str, factory: Callable[[], Any], call: str, parallelism: int,
                    upstream: tuple[int, ...], partition: str = "forward",
                    key_factory: Callable[[], Callable[[Any], Any]] | None = None,
-                   bounded: bool = True, user_object: Any = None) -> StageSpec:
+                   bounded: bool = True, user_object: Any = None,
+                   ray_remote_args: dict[str, Any] | None = None) -> StageSpec:
         self._check_not_submitted(kind)
         stage = StageSpec(len(self._graph.stages), kind, name, factory, call, parallelism, upstream,
-                          partition, key_factory, bounded, user_object)
+                          partition, key_factory, bounded, user_object, ray_remote_args=ray_remote_args)
         return self._graph.add(stage)
 
     def _check_not_submitted(self, what: str) -> None:
@@ -157,6 +191,9 @@ class LocalEnvironment(BaseEnvironment):
         self.enable_monitoring = bool(upstream_kwargs.get("enable_monitoring", False))
         self._output: Callable[[str, str], None] | None = None  # set by the Jupyter layer
 
+    def _runs_on_threads(self) -> bool:
+        return self.backend == "thread"
+
     def submit(self, autostop: bool = False, block: bool | None = None,
                cleanup: CleanupPolicy | dict[str, Any] | None = None) -> JobHandle:
         """Start the job. With `autostop=True` every service is stopped and cleaned when the
@@ -166,17 +203,19 @@ class LocalEnvironment(BaseEnvironment):
         """
         self._validate_for_submit()
         policy = self._policy(cleanup)
+        backend_config = ray_config(self.config)
         services = list(self._services.values())
         if self.backend == "ray":  # every service is an actor when tasks are
-            services = [ServiceSpec(s.name, s.cls, s.args, s.kwargs, True) for s in services]
+            services = [dataclasses.replace(s, remote=True) for s in services]
         if self.backend == "ray" or any(s.remote for s in services):
             remote = [s.name for s in services if s.remote]
             require_extra("ray", "backend='ray'" if self.backend == "ray" else f"service {remote[0]!r} (remote=True)")
-            from ..runtime.ray_support import check_shippable
+            from ..runtime.ray.pickling import check_shippable
 
             check_shippable(self._graph, services)
         dispatcher = Dispatcher(self.name, self._graph, services, backend=self.backend, autostop=autostop,
-                                policy=policy, env_name=self.name, output=self._output)
+                                policy=policy, env_name=self.name, output=self._output,
+                                backend_config=backend_config)
         self._job = JobHandle(dispatcher)
         dispatcher.start()
         if block is None:

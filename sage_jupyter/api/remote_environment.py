@@ -13,7 +13,6 @@ from typing import Any, Callable
 from ..jobmanager.protocol import DEFAULT_HEARTBEAT_TIMEOUT_S, DEFAULT_PORT, TOKEN_ENV, JobOptions, encode_submission
 from ..jobmanager.remote_handle import RemoteJobHandle
 from ..jobmanager.transport import JobManagerClient, default_output
-from ..runtime.graph import ServiceSpec
 from ..runtime.job import JobStatus, status_from_dict
 from ..runtime.policy import CleanupPolicy
 from .environment import BACKENDS, BaseEnvironment
@@ -73,7 +72,7 @@ class RemoteEnvironment(BaseEnvironment):
         policy = self._policy(cleanup)
         services = list(self._services.values())
         if backend == "ray":  # every service is an actor when tasks are, as in LocalEnvironment
-            services = [ServiceSpec(s.name, s.cls, s.args, s.kwargs, True) for s in services]
+            services = [dataclasses.replace(s, remote=True) for s in services]
         options = JobOptions(
             name=self.name, autostop=bool(autostop), backend=backend, cleanup=dataclasses.asdict(policy),
             cancel_on_disconnect=bool(cancel_on_disconnect),

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--announce-fd", type=int, default=None, metavar="FD",
                    help="write the 'listening on HOST:PORT' line to this inherited file descriptor, "
                         "then close it (for programs that start the daemon with --port 0)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="attach to this Ray cluster at start (default: $RAY_ADDRESS when a job needs Ray, "
+                        "else a local Ray); jobs with backend='ray' place their actors across its nodes")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v: info, -vv: debug)")
     return p
 
@@ -97,6 +100,17 @@ def announcer(fd: int | None) -> Callable[[str, int], None]:
     return announce
 
 
+def attach_ray(address: str, parser: argparse.ArgumentParser) -> None:
+    """Connect to the cluster now, on the main thread, so a wrong address fails at start."""
+    os.environ["RAY_ADDRESS"] = address  # what the runtime (and its children) attach to
+    from ..runtime.ray.cluster import ensure_ray
+
+    try:
+        ensure_ray()
+    except (ConnectionError, RuntimeError, ImportError) as exc:
+        parser.error(f"--ray-address {address}: cannot attach to Ray: {exc}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -120,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     except MissingExtraError as exc:
         print(f"sage-jobmanager: {exc}", file=sys.stderr)
         return 1
+    if args.ray_address is not None:
+        attach_ray(args.ray_address, parser)
     from .daemon import serve
     from .history import JobHistory, StateDirError, default_state_dir
     from .manager import JobManager

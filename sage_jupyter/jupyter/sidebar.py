@@ -47,7 +47,7 @@ def job_entry(job: TrackedJob, snapshot: JobStatus) -> dict[str, Any]:
         "elapsed_s": round(snapshot.elapsed_s, 1), "elapsed": templates.duration(snapshot.elapsed_s),
         "records_in": snapshot.records_in, "records_out": snapshot.records_out,
         "records": f"records in -> out: {snapshot.records_out:,} -> {snapshot.records_in:,}",
-        "error": _error(snapshot.error),
+        "error": _error(snapshot.error), "nodes": templates.job_nodes(snapshot),
         "services": [{"name": s.name, "kind": templates.service_kind(s), "state": s.state.value,
                       "calls": s.calls, "error": _error(s.error)} for s in snapshot.services],
     }

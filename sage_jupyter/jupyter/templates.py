@@ -76,8 +76,15 @@ def rate(value: float | None, average: bool = False) -> str:
 
 def service_kind(s: ServiceStatus) -> str:
     if s.kind == "ray":
-        return f"Ray actor {s.actor_id[:12]}" if s.actor_id else "Ray actor"
+        actor = f"Ray actor {s.actor_id[:12]}" if s.actor_id else "Ray actor"
+        return f"{actor} on {s.node_label}" if s.node_label else actor
     return s.kind
+
+
+def job_nodes(s: JobStatus) -> list[str]:
+    """The nodes the job's tasks and services run (or ran) on, as views show them."""
+    labels = [t.node_label for t in s.tasks] + [svc.node_label for svc in s.services]
+    return sorted({label for label in labels if label})
 
 
 def error_mark(err: ErrorInfo) -> str:
@@ -134,7 +141,9 @@ def tasks_html(s: JobStatus, rates: Mapping[str, float] | None = None) -> str:
     rates = rates or {}
     average = s.state.terminal  # a final rate is over the whole run
     show_worker = any(t.worker != "thread" for t in s.tasks)
-    head = ["task", "state", "in", "out", "rate", ""] + (["worker"] if show_worker else [])
+    show_node = any(t.node_label for t in s.tasks)
+    head = ["task", "state", "in", "out", "rate", ""] + (["worker"] if show_worker else []) + \
+        (["node"] if show_node else [])
     rows = []
     for t in s.tasks[:MAX_TASK_ROWS]:
         cells = [f'<td style="{_CELL}">{esc(t.name)}</td>', f'<td style="{_CELL}">{badge(t.state.value)}</td>',
@@ -143,6 +152,8 @@ def tasks_html(s: JobStatus, rates: Mapping[str, float] | None = None) -> str:
                  f'<td style="{_CELL}">{error_mark(t.error) if t.error else ""}</td>']
         if show_worker:
             cells.append(f'<td style="{_CELL}"><code>{esc(t.worker[:12])}</code></td>')
+        if show_node:
+            cells.append(f'<td style="{_CELL}">{esc(t.node_label or "")}</td>')
         rows.append(f"<tr>{''.join(cells)}</tr>")
     if len(s.tasks) > MAX_TASK_ROWS:
         rows.append(f'<tr><td style="{_CELL}" colspan="{len(head)}">&hellip; '
@@ -221,7 +232,8 @@ def job_text(s: JobStatus) -> str:
              + f", {RECORDS}: {s.records_out:,} -> {s.records_in:,}"]
     for t in s.tasks[:MAX_TASK_ROWS]:
         err = f"  error: {t.error.type}: {t.error.message}" if t.error else ""
-        lines.append(f"  task {t.name}: {t.state.value}, in {t.records_in}, out {t.records_out}{err}")
+        node = f" on {t.node_label}" if t.node_label else ""
+        lines.append(f"  task {t.name}: {t.state.value}, in {t.records_in}, out {t.records_out}{node}{err}")
     for svc in s.services:
         lines.append(f"  service {svc.name} ({service_kind(svc)}): {svc.state.value}, {svc.calls} calls")
     if s.error is not None:
@@ -243,10 +255,10 @@ def job_row(s: JobStatus, now: float | None = None) -> dict[str, str]:
     services = ", ".join(f"{svc.name}: {svc.state.value}" for svc in s.services) or "-"
     return {"name": s.name, "state": s.state.value, RECORDS: f"{s.records_out:,} -> {s.records_in:,}",
             "services": services, "age": duration(max(0.0, now - s.created_at)), "backend": s.backend,
-            "job_id": s.job_id}
+            "job_id": s.job_id, "nodes": ", ".join(job_nodes(s)) or "-"}
 
 
-JOB_COLUMNS = ("name", "state", RECORDS, "services", "age")
+JOB_COLUMNS = ("name", "state", RECORDS, "services", "nodes", "age")
 SERVICE_COLUMNS = ("name", "class", "kind")
 
 

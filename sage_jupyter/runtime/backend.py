@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from .context import RuntimeContext
 from .job import ErrorInfo, TaskState, TaskStatus
-from .plan import Plan
+from .plan import ChainSpec, Plan
 
 
 @dataclass
@@ -57,3 +57,19 @@ class TaskBackend(abc.ABC):
     @abc.abstractmethod
     def task_statuses(self) -> list[TaskStatus]:
         """Per operator instance: state and record counts, cheap enough to call at 10 Hz."""
+
+
+def chain_statuses(chain: ChainSpec, index: int, state: TaskState, counters: dict[str, tuple[int, int]],
+                   error: ErrorInfo | None, failing: str | None, worker: str = "thread",
+                   node: str | None = None, node_label: str | None = None) -> list[TaskStatus]:
+    """One status per operator of a chain instance, for every backend. The error goes to the
+    operator that raised (`failing`), or to all of them when that is unknown."""
+    if failing is not None and failing not in chain.labels:  # a key function: shown on the stage
+        failing = chain.labels[-1]  # it partitions for, the last of this chain
+    out = []
+    for label in chain.labels:
+        rin, rout = counters.get(label, (0, 0))
+        err = error if error is not None and failing in (label, None) else None
+        out.append(TaskStatus(f"{label}[{index}]", label, index, operator_state(state, failing, label), rin, rout,
+                              err, worker, node, node_label))
+    return out

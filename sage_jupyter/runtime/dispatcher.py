@@ -12,7 +12,7 @@ import itertools
 import logging
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from . import registry
 from .backend import JobRuntime, TaskBackend
@@ -32,25 +32,37 @@ log = logging.getLogger("sage_jupyter.runtime")
 _job_numbers = itertools.count(1)
 
 
-def make_backend(name: str) -> TaskBackend:
-    if name == "thread":
-        from .thread_backend import ThreadBackend
+def _thread_backend(config: dict[str, Any]) -> TaskBackend:
+    from .thread_backend import ThreadBackend
 
-        return ThreadBackend()
-    if name == "ray":
-        require_extra("ray", "backend='ray'")
-        from .ray_backend import RayBackend
-
-        return RayBackend()
-    raise ValueError(f"unknown backend {name!r}; use 'thread' or 'ray'")
+    return ThreadBackend()
 
 
-def make_service_host(spec: ServiceSpec, job_tag: str) -> ServiceHost:
+def _ray_backend(config: dict[str, Any]) -> TaskBackend:
+    require_extra("ray", "backend='ray'")
+    from .ray.tasks import RayBackend
+
+    return RayBackend(**config)
+
+
+# Each backend is built by a lazy factory, so Ray is imported only by jobs that use it.
+BACKEND_FACTORIES: dict[str, Callable[[dict[str, Any]], TaskBackend]] = {
+    "thread": _thread_backend, "ray": _ray_backend}
+
+
+def make_backend(name: str, config: dict[str, Any] | None = None) -> TaskBackend:
+    factory = BACKEND_FACTORIES.get(name)
+    if factory is None:
+        raise ValueError(f"unknown backend {name!r}; use {' or '.join(map(repr, BACKEND_FACTORIES))}")
+    return factory(config or {})
+
+
+def make_service_host(spec: ServiceSpec, job_tag: str, config: dict[str, Any] | None = None) -> ServiceHost:
     if spec.remote:
         require_extra("ray", f"service {spec.name!r} (remote=True)")
-        from .ray_services import RayServiceHost
+        from .ray.services import RayServiceHost
 
-        return RayServiceHost(spec, job_tag)
+        return RayServiceHost(spec, job_tag, **(config or {}))
     return LocalServiceHost(spec)
 
 
@@ -58,7 +70,8 @@ class Dispatcher:
     def __init__(self, name: str, graph: PipelineGraph, services: list[ServiceSpec], *,
                  backend: str = "thread", autostop: bool = False,
                  policy: CleanupPolicy | None = None, env_name: str | None = None,
-                 output: Callable[[str, str], None] | None = None) -> None:
+                 output: Callable[[str, str], None] | None = None,
+                 backend_config: dict[str, Any] | None = None) -> None:
         self.name = name
         self.env_name = env_name or name
         self.job_id = f"{name}-{next(_job_numbers)}"
@@ -71,8 +84,9 @@ class Dispatcher:
                       tuple(self.plan.labels[u] for u in s.upstream))
             for s in graph.stages
         )
-        self.backend = make_backend(backend)
-        self.hosts: dict[str, ServiceHost] = {s.name: make_service_host(s, self.job_id) for s in services}
+        self.backend = make_backend(backend, backend_config)
+        self.hosts: dict[str, ServiceHost] = {s.name: make_service_host(s, self.job_id, backend_config)
+                                              for s in services}
         self._started_hosts: list[ServiceHost] = []
         self._executor: DaemonExecutor | None = None
         self.services = ServiceCaller(self.hosts, self._call_pool)

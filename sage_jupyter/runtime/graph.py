@@ -42,6 +42,7 @@ class StageSpec:
     bounded: bool = True  # sources: False for from_source (runs until stopped)
     user_object: Any = None  # the class or function the user passed, for error messages
     downstream: list[int] = field(default_factory=list)
+    ray_remote_args: dict[str, Any] | None = None  # checked `.options()` for each instance's actor
     # Stages fed by connected streams: one route per entry of `upstream`, in input order
     # (each input keeps its own keyby). Empty: every input uses `partition`/`key_factory`.
     inputs: tuple[InputRoute, ...] = ()
@@ -79,6 +80,7 @@ class ServiceSpec:
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
     remote: bool = False
+    ray_remote_args: dict[str, Any] | None = None  # checked `.options()` for the service's actor
 
 
 @dataclass

@@ -83,6 +83,8 @@ class TaskStatus:
     records_out: int
     error: ErrorInfo | None = None
     worker: str = "thread"  # "thread" or the Ray actor id running it
+    node: str | None = None  # Ray node id (hex) of the actor's node; None on threads
+    node_label: str | None = None  # what views show: its IP, plus a short id if IPs repeat
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,8 @@ class ServiceStatus:
     calls: int
     actor_id: str | None = None
     error: ErrorInfo | None = None
+    node: str | None = None  # Ray node id (hex) of the actor's node; None on threads
+    node_label: str | None = None  # what views show: its IP, plus a short id if IPs repeat
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ class Plan:
 def _chainable(up: StageSpec, down: StageSpec) -> bool:
     if down.upstream != (up.id,) or up.downstream != [down.id]:
         return False
-    if up.parallelism != down.parallelism:
+    if up.parallelism != down.parallelism or up.ray_remote_args != down.ray_remote_args:
         return False
     return down.partition == "forward" or down.parallelism == 1
 

@@ -1,7 +1,7 @@
 """Service hosting and calling.
 
 A host owns one service instance for one job: in this thread's process (`LocalServiceHost`)
-or in a Ray actor (`ray_services.RayServiceHost`). Both offer the same small interface, so
+or in a Ray actor (`ray.services.RayServiceHost`). Both offer the same small interface, so
 the dispatcher and `call_service` do not care where a service lives.
 """
 

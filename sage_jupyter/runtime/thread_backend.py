@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .backend import JobRuntime, TaskBackend, operator_state
+from .backend import JobRuntime, TaskBackend, chain_statuses
 from .channels import END, Aborted, Channel
 from .job import ErrorInfo, TaskState, TaskStatus
 from .operators import ChainRunner, end_targets, make_route
@@ -53,18 +53,8 @@ class ThreadTask:
         self.job.on_task_end(self.name, self.state, self.error)
 
     def statuses(self) -> list[TaskStatus]:
-        ops = {op.label: op for op in self.runner.ops}
-        out = []
-        failing = self.failing
-        if failing is not None and failing not in self.chain.labels:  # a key function: shown on the
-            failing = self.chain.labels[-1]  # stage it partitions for
-        for label in self.chain.labels:
-            op = ops.get(label)
-            err = self.error if failing == label else None
-            state = operator_state(self.state, failing, label)
-            out.append(TaskStatus(f"{label}[{self.index}]", label, self.index, state,
-                                  op.records_in if op else 0, op.records_out if op else 0, err))
-        return out
+        counters = {op.label: (op.records_in, op.records_out) for op in list(self.runner.ops)}
+        return chain_statuses(self.chain, self.index, self.state, counters, self.error, self.failing)
 
 
 class ThreadBackend(TaskBackend):

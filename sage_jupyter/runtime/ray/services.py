@@ -11,22 +11,26 @@ from __future__ import annotations
 import inspect
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
-from .context import RuntimeContext, make_logger
-from .errors import ServiceCallError
-from .executor import DaemonExecutor
-from .graph import ServiceSpec
-from .job import HookOutcome, ServiceCleanup, ServiceState, ServiceStatus
-from .policy import CleanupPolicy
-from .ray_support import (NAMESPACE, actor_name, capture_output, deliver_output, dumps, ensure_ray,
-                          kill_actor, loads, wait_dead)
-from .services import ServiceCaller, ServiceHost, run_hook, tag_service_error
-from .threads import OutputSink, current_output
-from .tracebacks import user_traceback
+from ..context import RuntimeContext, make_logger
+from ..errors import ServiceCallError
+from ..executor import DaemonExecutor
+from ..graph import ServiceSpec
+from ..job import HookOutcome, ServiceCleanup, ServiceState, ServiceStatus
+from ..policy import CleanupPolicy
+from ..services import ServiceCaller, ServiceHost, run_hook, tag_service_error
+from ..threads import OutputSink, current_output
+from .capture import capture_output, deliver_output
+from .cluster import actor_options, ensure_ray, node_label, where_am_i
+from .options import describe_demand
+from .orphans import NAMESPACE, actor_name, kill_actor, wait_dead
+from .pickling import dumps, loads
+from ..tracebacks import user_traceback
 
 CALL_THREADS = 8  # concurrent method calls per service actor, like the driver's call pool
 STATS_EVERY_S = 0.25
@@ -36,8 +40,10 @@ def pack_error(exc: BaseException, note: str) -> bytes:
     """Pickle an exception for the caller, with the remote traceback as a note; an
     exception that cannot be pickled becomes a RuntimeError carrying its text."""
     tb = user_traceback(exc)
+    add_note = getattr(exc, "add_note", None)  # Python 3.11+
     try:
-        exc.add_note(f"{note}:\n{tb.rstrip()}")
+        if add_note is not None:
+            add_note(f"{note}:\n{tb.rstrip()}")
     except Exception:  # noqa: BLE001 - exotic exceptions refuse notes
         pass
     try:
@@ -46,7 +52,7 @@ def pack_error(exc: BaseException, note: str) -> bytes:
         return dumps(RuntimeError(f"{type(exc).__name__}: {exc}\n{note}:\n{tb}"))
 
 
-def unwrap(result: tuple, sink: OutputSink | None) -> Any:
+def unwrap(result: tuple[str, Any, list[tuple[str, str]]], sink: OutputSink | None) -> Any:
     """Deliver the output carried by a service actor's answer, then return or raise."""
     status, value, output = result
     if output:
@@ -69,7 +75,10 @@ def public_methods(instance: Any) -> list[str]:
     return sorted(names)
 
 
-@ray.remote(max_concurrency=CALL_THREADS, concurrency_groups={"control": 2})
+# Ray's stubs do not cover the actor options used here: the decorator is typed loosely.
+remote_class: Any = ray.remote
+
+
 class ServiceActor:
     """One service instance in its own process. Calls run on `CALL_THREADS` threads (a
     service may call itself or others); lifecycle calls have their own threads so a busy
@@ -89,7 +98,7 @@ class ServiceActor:
         self._calls_lock = threading.Lock()
 
     @ray.method(concurrency_group="control")
-    def start(self) -> tuple:
+    def start(self) -> tuple[str, Any, list[tuple[str, str]]]:
         try:
             cls, args, kwargs = loads(self._payload)
             self._instance = cls(*args, **kwargs)
@@ -107,7 +116,8 @@ class ServiceActor:
             return ("err", pack_error(exc, f"remote traceback (Ray actor of service {self._name!r})"),
                     self._capture.drain())
 
-    def call(self, method: str, args: tuple, kwargs: dict) -> tuple:
+    def call(self, method: str, args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> tuple[str, Any, list[tuple[str, str]]]:
         try:
             if not self._accepting:
                 raise ServiceCallError(f"service {self._name!r} is stopping; it takes no more calls")
@@ -125,15 +135,20 @@ class ServiceActor:
             return ("err", pack_error(exc, note), self._capture.drain())
 
     @ray.method(concurrency_group="control")
+    def where(self) -> tuple[str, str]:
+        """(actor id, node id): answered once the actor is placed and up."""
+        return where_am_i()
+
+    @ray.method(concurrency_group="control")
     def methods(self) -> list[str]:
         return public_methods(self._instance) if self._instance is not None else []
 
     @ray.method(concurrency_group="control")
-    def stats(self) -> tuple[int, list]:
+    def stats(self) -> tuple[int, list[tuple[str, str]]]:
         return self._calls, self._capture.drain()
 
     @ray.method(concurrency_group="control")
-    def shutdown(self, timeout: float) -> tuple[HookOutcome, HookOutcome, int, list]:
+    def shutdown(self, timeout: float) -> tuple[HookOutcome, HookOutcome, int, list[tuple[str, str]]]:
         """`stop()` then `cleanup()`, each given `timeout` seconds; with the call count."""
         inst = self._instance
         if inst is None:
@@ -143,6 +158,9 @@ class ServiceActor:
         self._accepting = False
         cleanup = run_hook(getattr(inst, "cleanup", None), timeout, f"sage-cleanup:{self._name}")
         return stop, cleanup, self._calls, self._capture.drain()
+
+
+RemoteServiceActor: Any = remote_class(max_concurrency=CALL_THREADS, concurrency_groups={"control": 2})(ServiceActor)
 
 
 # ---- calling services from inside an actor ----------------------------------------------
@@ -234,16 +252,15 @@ def actor_service_caller(targets: dict[str, Any]) -> ServiceCaller:
 class ActorWrapper:
     """Owns one actor's ending: its cleanup method under a timeout, then `ray.kill`."""
 
-    def __init__(self, actor: Any, label: str, on_output: OutputSink | None = None) -> None:
+    def __init__(self, actor: Any, label: str, on_output: OutputSink | None = None,
+                 name: str = "", actor_id: str = "") -> None:
         self.actor = actor
         self.label = label
         self.on_output = on_output
+        self.name = name  # the actor's name: how its death is seen in Ray's live list
+        self.actor_id = actor_id  # as the actor reported it (`where`)
         self.outcomes: tuple[HookOutcome, HookOutcome] | None = None  # of the last cleanup
         self.calls: int | None = None  # calls the actor served, as of the last cleanup
-
-    @property
-    def actor_id(self) -> str:
-        return self.actor._actor_id.hex()
 
     def cleanup(self, timeout: float) -> tuple[HookOutcome, HookOutcome]:
         """Run `stop()` and `cleanup()` inside the actor, each under `timeout`."""
@@ -264,7 +281,7 @@ class ActorWrapper:
     def kill(self, no_restart: bool = True, timeout: float = 2.0) -> bool:
         """`ray.kill`, then wait until Ray's actor table shows the actor dead."""
         kill_actor(self.actor, no_restart)  # refused only when it is already gone
-        return not wait_dead([self.actor_id], timeout)
+        return not wait_dead([self.name], timeout)
 
     def cleanup_and_kill(self, cleanup_timeout: float = 5.0, no_restart: bool = True,
                          kill_timeout: float = 2.0) -> tuple[bool, bool]:
@@ -284,9 +301,12 @@ class RayServiceHost(ServiceHost):
 
     kind = "ray"
 
-    def __init__(self, spec: ServiceSpec, job_tag: str) -> None:
+    def __init__(self, spec: ServiceSpec, job_tag: str, placement_timeout: float = 60.0) -> None:
         super().__init__(spec)
         self.job_tag = job_tag
+        self.placement_timeout = placement_timeout
+        self.node: str | None = None
+        self.node_label: str | None = None
         self.wrapper: ActorWrapper | None = None
         self._methods: set[str] = set()
         self._sink: OutputSink | None = None
@@ -310,10 +330,11 @@ class RayServiceHost(ServiceHost):
         names = ctx.services.names() if ctx.services is not None else [self.name]
         peers = {n: actor_name(self.job_tag, f"svc:{n}") for n in names}
         payload = dumps((self.spec.cls, self.spec.args, self.spec.kwargs))
-        actor = ServiceActor.options(name=peers.get(self.name, actor_name(self.job_tag, f"svc:{self.name}")),
-                                     namespace=NAMESPACE).remote(payload, self.name, ctx.job_name,
-                                                                 ctx.env_name, peers)
-        self.wrapper = ActorWrapper(actor, f"service {self.name!r}", self._sink)
+        name = peers.get(self.name, actor_name(self.job_tag, f"svc:{self.name}"))
+        actor = RemoteServiceActor.options(name=name, namespace=NAMESPACE, **actor_options(self.spec.ray_remote_args)
+                                     ).remote(payload, self.name, ctx.job_name, ctx.env_name, peers)
+        self.wrapper = ActorWrapper(actor, f"service {self.name!r}", self._sink, name)
+        self._await_placement(self.wrapper)
         self.accepting = True
         try:
             methods = unwrap(ray.get(actor.start.remote()), self._sink)
@@ -321,6 +342,23 @@ class RayServiceHost(ServiceHost):
             raise RuntimeError(f"the Ray actor of service {self.name!r} could not start: {exc}") from None
         self._methods = set(methods)
         self.state = ServiceState.RUNNING
+
+    def _await_placement(self, wrapper: ActorWrapper) -> None:
+        """Wait (at most `placement_timeout`) until Ray placed the actor; else kill it and
+        fail naming the service and what it asked for."""
+        try:
+            wrapper.actor_id, self.node = ray.get(wrapper.actor.where.remote(), timeout=self.placement_timeout)
+        except GetTimeoutError:
+            wrapper.kill()
+            self.wrapper = None  # killed: nothing left to clean
+            raise RuntimeError(
+                f"Ray could not place the actor of service {self.name!r} within placement_timeout="
+                f"{self.placement_timeout:g} s: it asked for {describe_demand(self.spec.ray_remote_args)}. "
+                "No alive node has these resources free; lower the request or add a node that has them"
+            ) from None
+        except RayActorError as exc:
+            raise RuntimeError(f"the Ray actor of service {self.name!r} could not start: {exc}") from None
+        self.node_label = node_label(self.node)
 
     def method(self, method: str) -> Callable[..., Any]:
         if self.wrapper is None:
@@ -344,7 +382,8 @@ class RayServiceHost(ServiceHost):
 
     def status(self) -> ServiceStatus:
         self._refresh_stats()
-        return super().status()
+        return ServiceStatus(self.name, self.kind, self.state, self.calls, self.actor_id, self.error,
+                             self.node, self.node_label)
 
     def _refresh_stats(self) -> None:
         """Call counts from the actor (it also counts calls from task actors), without

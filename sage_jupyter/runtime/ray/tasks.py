@@ -1,5 +1,10 @@
 """Ray backend: each chain instance runs in a non-detached Ray actor hosting a `ChainRunner`.
 
+The instances of a stage are spread over the alive nodes that can host them (a soft node
+affinity per instance), with 0 CPUs unless the stage's `ray_remote_args` ask for some. The
+job fails, naming the stage and what it asked for, when an actor is not placed within
+`placement_timeout`, and names the node when an actor dies with its node.
+
 Producers push micro-batches straight to their consumers' actors, keeping at most
 `INFLIGHT_PER_LINK` unacknowledged calls per link (backpressure) and numbering them, so a
 consumer restores each link's order even though its threaded actor may run calls out of
@@ -16,19 +21,22 @@ from collections import deque
 from typing import Any
 
 import ray
-from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError, RayActorError
 
-from .backend import JobRuntime, TaskBackend, operator_state
-from .channels import END, Aborted, Channel
-from .context import RuntimeContext, make_logger
-from .job import ErrorInfo, TaskState, TaskStatus
-from .operators import ChainRunner, end_targets, make_route
-from .plan import ChainSpec, Plan
-from .ray_services import RayServiceHost, actor_service_caller
-from .ray_support import (NAMESPACE, actor_name, capture_output, deliver_output, dumps, ensure_ray,
-                          kill_actor, loads, wait_dead)
-from .services import error_info
-from .threads import spawn
+from ..backend import JobRuntime, TaskBackend, chain_statuses
+from ..channels import END, Aborted, Channel
+from ..context import RuntimeContext, make_logger
+from ..job import ErrorInfo, TaskState, TaskStatus
+from ..operators import ChainRunner, end_targets, make_route
+from ..plan import ChainSpec, Plan
+from ..services import error_info
+from ..threads import spawn
+from .capture import capture_output, deliver_output
+from .cluster import actor_options, describe_node, ensure_ray, hosting_nodes, node_alive, node_label, where_am_i
+from .options import describe_demand
+from .orphans import NAMESPACE, actor_name, kill_actor, wait_dead
+from .pickling import dumps, loads
+from .services import RayServiceHost, actor_service_caller, remote_class
 
 INFLIGHT_PER_LINK = 4  # unacknowledged batches per producer->consumer link
 INBOX_CAPACITY = 8  # batches a consumer queues before its pushes wait
@@ -42,13 +50,13 @@ log = logging.getLogger("sage_jupyter.runtime")
 class _Link:
     """One producer instance's way to one consumer actor."""
 
-    __slots__ = ("handle", "key", "seq", "inflight", "actor")
+    __slots__ = ("actor", "handle", "inflight", "key", "seq")
 
-    def __init__(self, handle: Any, key: str, actor: "ChainActor") -> None:
+    def __init__(self, handle: Any, key: str, actor: ChainActor) -> None:
         self.handle = handle
         self.key = key
         self.seq = 0
-        self.inflight: deque = deque()
+        self.inflight: deque[Any] = deque()
         self.actor = actor
 
     def put(self, batch: Any) -> None:
@@ -69,11 +77,10 @@ class _Link:
             except GetTimeoutError:
                 if self.actor.aborted:
                     raise Aborted() from None
-            except ActorDiedError:  # the consumer died; the driver reports why
+            except RayActorError:  # the consumer died; the driver reports why
                 raise Aborted() from None
 
 
-@ray.remote(concurrency_groups={"data": 1, "run": 1, "poll": 1, "control": 1})
 class ChainActor:
     """One chain instance. `run()` is the task (its result is the task's end); `push()`
     receives batches on its own thread, so stop, abort and polls are never queued
@@ -135,7 +142,7 @@ class ChainActor:
             self._links = [[_Link(h, f"{self._task_name}>{e}", self) for h in handles]
                            for e, handles in enumerate(self._outputs)]
             routes = [make_route(edge, index, [link.put for link in links])
-                      for edge, links in zip(chain.outputs, self._links)]
+                      for edge, links in zip(chain.outputs, self._links, strict=True)]
             runner.open()
             state = self._drive(chain, runner, routes)
         except Aborted:
@@ -156,12 +163,12 @@ class ChainActor:
         return {"state": state, "error": error, "counters": self._counters(), "failing": failing,
                 "output": output}
 
-    def _drive(self, chain: ChainSpec, runner: ChainRunner, routes: list) -> TaskState:
+    def _drive(self, chain: ChainSpec, runner: ChainRunner, routes: list[Any]) -> TaskState:
         stop = self._stop
         stopped = runner.run_to_end(self._inbox.get, routes, stop.is_set, stop.wait)
         if self.aborted:
             raise Aborted()
-        for edge, links in zip(chain.outputs, self._links):
+        for edge, links in zip(chain.outputs, self._links, strict=True):
             for i in end_targets(edge, self._index, len(links)):
                 links[i].put(END)
         for links in self._links:
@@ -190,6 +197,11 @@ class ChainActor:
         return {"counters": self._counters(), "output": self._capture.drain()}
 
     @ray.method(concurrency_group="control")
+    def where(self) -> tuple[str, str]:
+        """(actor id, node id): answered once the actor is placed and up."""
+        return where_am_i()
+
+    @ray.method(concurrency_group="control")
     def stop(self) -> None:
         """Graceful: a source stops producing; its end markers drain the pipeline."""
         self._stop.set()
@@ -202,15 +214,21 @@ class ChainActor:
         self._inbox.abort()
 
 
+RemoteChainActor: Any = remote_class(concurrency_groups={"data": 1, "run": 1, "poll": 1, "control": 1})(ChainActor)
+
+
 class RayTask:
     """The driver's record of one task instance and its actor."""
 
-    def __init__(self, chain: ChainSpec, index: int, actor: Any) -> None:
+    def __init__(self, chain: ChainSpec, index: int, actor: Any, actor_name: str) -> None:
         self.chain = chain
         self.index = index
         self.name = chain.task_name(index)
         self.actor = actor
-        self.actor_id: str = actor._actor_id.hex()
+        self.actor_name = actor_name
+        self.actor_id = ""  # known once placed (`where`)
+        self.node: str | None = None
+        self.node_label: str | None = None
         self.state = TaskState.CREATED
         self.error: ErrorInfo | None = None
         self.failing: str | None = None
@@ -220,20 +238,15 @@ class RayTask:
         self.ended = False
 
     def statuses(self) -> list[TaskStatus]:
-        out = []
-        for label in self.chain.labels:
-            rin, rout = self.counters.get(label, (0, 0))
-            err = self.error if self.error is not None and self.failing in (label, None) else None
-            state = operator_state(self.state, self.failing, label)  # only the raising operator FAILED
-            out.append(TaskStatus(f"{label}[{self.index}]", label, self.index, state, rin, rout,
-                                  err, self.actor_id))
-        return out
+        return chain_statuses(self.chain, self.index, self.state, self.counters, self.error, self.failing,
+                              self.actor_id or "ray", self.node, self.node_label)
 
 
 class RayBackend(TaskBackend):
     name = "ray"
 
-    def __init__(self) -> None:
+    def __init__(self, placement_timeout: float = 60.0) -> None:
+        self.placement_timeout = placement_timeout
         self.tasks: list[RayTask] = []
         self._job: JobRuntime | None = None
         self._lock = threading.Lock()
@@ -258,15 +271,19 @@ class RayBackend(TaskBackend):
         for chain in reversed(plan.chains):  # consumers first: producers get their handles
             outputs = [handles[edge.dst] for edge in chain.outputs]
             handles[chain.id] = []
+            remote_args = chain.stages[0].ray_remote_args  # chained stages have equal ones
+            spread = hosting_nodes(remote_args) if chain.parallelism > 1 else []
             for index in range(chain.parallelism):
-                actor = ChainActor.options(
-                    name=actor_name(job.job_id, f"task:{chain.id}:{index}"), namespace=NAMESPACE,
+                name = actor_name(job.job_id, f"task:{chain.id}:{index}")
+                actor = RemoteChainActor.options(
+                    name=name, namespace=NAMESPACE, **actor_options(remote_args, index, spread),
                 ).remote(payloads[(chain.id, index)], chain.task_name(index), chain.labels[0], index,
                          job.job_name, job.env_name, services, outputs)
                 handles[chain.id].append(actor)
-                made[(chain.id, index)] = task = RayTask(chain, index, actor)
+                made[(chain.id, index)] = task = RayTask(chain, index, actor, name)
                 with self._lock:
                     self.tasks.append(task)  # known to join() at once, should launch fail now
+        self._await_placement(list(made.values()), job)
         created = [made[(chain.id, i)] for chain, i in plan.instances()]
         with self._lock:
             self.tasks = created
@@ -284,6 +301,28 @@ class RayBackend(TaskBackend):
                         task.actor.stop.remote()
         self._watcher = spawn(self._watch, f"sage:{job.job_name}:ray-tasks", job.output)
 
+    def _await_placement(self, tasks: list[RayTask], job: JobRuntime) -> None:
+        """Wait until every actor is placed and up (its node known), at most
+        `placement_timeout`; else fail naming the stages and the resources they asked for
+        (the dispatcher's cleanup then kills every actor made)."""
+        pending = {task.actor.where.remote(): task for task in tasks}
+        deadline = time.monotonic() + self.placement_timeout
+        while pending and time.monotonic() < deadline and not job.stop_requested.is_set():
+            ready, _ = ray.wait(list(pending), num_returns=len(pending),
+                                timeout=min(0.25, max(0.0, deadline - time.monotonic())))
+            for ref in ready:
+                task = pending.pop(ref)
+                task.actor_id, task.node = ray.get(ref)
+        for task in tasks:
+            task.node_label = node_label(task.node)
+        if pending and not job.stop_requested.is_set():
+            asked = sorted({(t.chain.labels[0], describe_demand(t.chain.stages[0].ray_remote_args))
+                            for t in pending.values()})
+            what = "; ".join(f"stage {label!r} asked for {demand}" for label, demand in asked)
+            raise RuntimeError(f"Ray could not place {len(pending)} actor(s) within placement_timeout="
+                               f"{self.placement_timeout:g} s: {what}. No alive node has these resources "
+                               "free; lower the request or add a node that has them")
+
     # ---- watching ----------------------------------------------------------------------
 
     def _watch(self) -> None:
@@ -299,14 +338,16 @@ class RayBackend(TaskBackend):
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
             for ref in ready:
                 with self._lock:
-                    task, kind = self._refs.pop(ref, (None, ""))
+                    entry = self._refs.pop(ref, None)
+                if entry is None:  # a poll dropped when its task ended (read in join)
+                    continue
+                task, kind = entry
                 try:
                     if kind == "poll":
                         self._polled(task, ref)
-                    elif kind == "run":
+                    else:
                         self._ended(task, ref)
-                    # else: a poll dropped when its task ended (read in join)
-                except BaseException as exc:  # noqa: BLE001 - the watcher must outlive any bug
+                except BaseException as exc:
                     log.exception("ray backend: watching %s failed", task.name)
                     if kind == "run":
                         self._report(task, TaskState.FAILED, error_info(f"task {task.name!r}", exc))
@@ -337,6 +378,13 @@ class RayBackend(TaskBackend):
         except RayActorError as exc:
             if self._killing:  # we killed it at the end of the job
                 state = TaskState.STOPPED
+            elif task.node is not None and not node_alive(task.node):
+                error = ErrorInfo(
+                    where=f"task {task.name!r} (Ray actor {task.actor_id})",
+                    type=type(exc).__name__,
+                    message=f"the Ray actor running this task died because its {describe_node(task.node)} "
+                            "died; the job's actors on other nodes were stopped and killed",
+                    traceback=str(exc))
             else:
                 error = ErrorInfo(
                     where=f"task {task.name!r} (Ray actor {task.actor_id})",
@@ -372,7 +420,8 @@ class RayBackend(TaskBackend):
             self._refs.pop(task.poll_ref, None)  # a poll left: read in join()
             if all(t.ended for t in self.tasks):
                 self._all_ended.set()
-        self._job.on_task_end(task.name, state, error)
+        if self._job is not None:
+            self._job.on_task_end(task.name, state, error)
 
     def _release(self) -> None:
         """Every task ended: their actors have nothing left to do, even when the job keeps
@@ -417,12 +466,12 @@ class RayBackend(TaskBackend):
             self._killing = True
         for task in tasks:
             kill_actor(task.actor)  # again if _release did: harmless, and covers a race with it
-        left = set(wait_dead([t.actor_id for t in tasks], max(0.5, deadline - time.monotonic())))
+        left = set(wait_dead([t.actor_name for t in tasks], max(0.5, deadline - time.monotonic())))
         watcher = self._watcher
         if watcher is not None and watcher is not threading.current_thread():
             watcher.join(max(0.1, deadline - time.monotonic()))
         self._read_stale_polls(tasks)
-        return [t.name for t in tasks if t.actor_id in left]
+        return [t.name for t in tasks if t.actor_name in left]
 
     def _read_stale_polls(self, tasks: list[RayTask]) -> None:
         """Read polls that were outstanding when the actors died, so Ray does not log
