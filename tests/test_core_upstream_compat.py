@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from sage_jupyter import (BaseFunction, BaseService, BatchFunction, JobState, LocalEnvironment,
                           MapFunction, SinkFunction, SourceFunction)
 
@@ -88,3 +90,14 @@ def test_from_collection_and_names():
     env.submit(autostop=True)
     assert out == ["a", "b"]
     assert HelloBatch().name == "HelloBatch"  # outside a job: the class name
+
+
+def test_config_as_second_positional_argument_as_upstream_passes_it():
+    env = LocalEnvironment("positional", {"cleanup": {"graceful_timeout": 1.5}})
+    assert env.backend == "thread" and env.config == {"cleanup": {"graceful_timeout": 1.5}}
+    out: list[int] = []
+    env.from_batch(range(3)).sink(out.append)
+    env.submit(autostop=True)
+    assert out == [0, 1, 2]
+    with pytest.raises(ValueError, match="backend='nope'"):
+        LocalEnvironment("bad", "nope")

@@ -300,8 +300,8 @@ def test_sidebar_follows_a_job_by_pushes_stops_clears_and_links_its_cell(page: P
     expect(traceback).to_be_visible()
     first_frame = traceback.inner_text().split("File ", 1)[1].splitlines()[0]
     assert "in parse" in first_frame and "sage_jupyter" not in first_frame, traceback.inner_text()
-    expect(output.locator('[title="map:parse: FAILED"]')).to_have_count(1)
-    expect(output.locator('[title$=": FAILED"]')).to_have_count(1)  # the other stages are not red
+    expect(output.locator('.sage-graph [data-stage="map:parse"][data-state="FAILED"]')).to_have_count(1)
+    expect(output.locator('.sage-graph [data-state="FAILED"]')).to_have_count(1)  # the other stages are not red
     _assert_readable(page, "JupyterLab Light")
 
     _set_theme(page, "JupyterLab Dark")

@@ -180,8 +180,10 @@ class BaseEnvironment(UpstreamEnvironment):
 class LocalEnvironment(BaseEnvironment):
     """Runs the pipeline in this process: on threads, or on Ray actors (`backend="ray"`)."""
 
-    def __init__(self, name: str = "local_environment", backend: str = "thread",
+    def __init__(self, name: str = "local_environment", backend: str | dict[str, Any] = "thread",
                  config: dict[str, Any] | None = None, **upstream_kwargs: Any) -> None:
+        if isinstance(backend, dict) and config is None:  # upstream's LocalEnvironment(name, config)
+            config, backend = backend, "thread"
         super().__init__(name, config)
         if backend not in BACKENDS:
             raise ValueError(f"LocalEnvironment(backend={backend!r}): use 'thread' or 'ray'")
