@@ -24,6 +24,9 @@ export type Action =
 const RETRY_FIRST = 500;
 const RETRY_MAX = 10000;
 
+/** Answers from a restarting kernel's old process to ignore before believing them. */
+const MAX_STALE_ANSWERS = 5;
+
 /** Kernel states in which no comm can be opened. */
 const KERNEL_DOWN = new Set([
   'restarting',
@@ -75,6 +78,9 @@ export class KernelConnection {
   private _onStatus(_: ISessionContext, status: Kernel.Status): void {
     if (KERNEL_DOWN.has(status) || status === 'starting') {
       // A restart disposes the kernel's comms: forget ours and open one when it is up.
+      if (status === 'restarting' || status === 'autorestarting') {
+        this._oldPid = this.model.pid ?? this._oldPid;
+      }
       this._drop();
       this.model.setPhase('kernel-down');
     } else if (this.model.phase === 'kernel-down') {
@@ -86,6 +92,16 @@ export class KernelConnection {
     _: Kernel.IKernelConnection,
     msg: KernelMessage.IIOPubMessage
   ): void {
+    const state =
+      msg.header.msg_type === 'status'
+        ? (msg.content as KernelMessage.IStatusMsg['content']).execution_state
+        : null;
+    // A restarted kernel announces itself with "starting". The session's status signal can
+    // miss a quick restart, and our comm died with the old process: open a new one.
+    if (state === 'starting' && this.model.phase === 'connected') {
+      this._reconnect();
+      return;
+    }
     // A cell finished while the extension was not loaded: it may have loaded it now.
     if (
       this.model.phase === 'missing' &&
@@ -127,6 +143,20 @@ export class KernelConnection {
     let answered = false;
     comm.onMsg = msg => {
       if (comm === this._comm) {
+        const pid = (msg.content.data as unknown as IJobList).pid;
+        if (
+          pid !== undefined &&
+          pid === this._oldPid &&
+          this._staleAnswers < MAX_STALE_ANSWERS
+        ) {
+          // The process being restarted answered before it went: ask its successor later.
+          this._staleAnswers += 1;
+          this._drop();
+          this._later();
+          return;
+        }
+        this._oldPid = null;
+        this._staleAnswers = 0;
         answered = true;
         this._retry = RETRY_FIRST;
         this.model.update(msg.content.data as unknown as IJobList);
@@ -184,4 +214,6 @@ export class KernelConnection {
   private _comm: Kernel.IComm | null = null;
   private _timer = 0;
   private _retry = RETRY_FIRST;
+  private _oldPid: number | null = null; // the kernel process a restart replaces
+  private _staleAnswers = 0;
 }
