@@ -213,7 +213,7 @@ def _peak_rss_growth(build) -> tuple[float, float]:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    env = LocalEnvironment("memory_big")
+    env = LocalEnvironment("memory")
     build(env)
     t0 = time.perf_counter()
     env.submit(autostop=True)
@@ -224,28 +224,10 @@ def _peak_rss_growth(build) -> tuple[float, float]:
 
 
 def memory(n: int) -> dict:
-    proc = psutil.Process()
-    gc.collect()
-    base = proc.memory_info().rss
-    peak = [base]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.02):
-            peak[0] = max(peak[0], proc.memory_info().rss)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    """RSS growth while `n` ints queue ahead of a slow sink."""
     # parallelism 2 then 1: not chained, so records queue in channels ahead of the slow sink
-    env2 = LocalEnvironment("memory")
-    env2.from_batch(range(n)).map(Double, parallelism=2).sink(SlowSink)
-    t0 = time.perf_counter()
-    env2.submit(autostop=True)
-    dt = time.perf_counter() - t0
-    stop.set()
-    sampler.join()
-    return {"memory_records": n, "memory_rss_growth_mb": (peak[0] - base) / 2**20,
-            "memory_slow_sink_records_per_s": n / dt}
+    growth, dt = _peak_rss_growth(lambda env: env.from_batch(range(n)).map(Double, parallelism=2).sink(SlowSink))
+    return {"memory_records": n, "memory_rss_growth_mb": growth, "memory_slow_sink_records_per_s": n / dt}
 
 
 def peer() -> dict:
