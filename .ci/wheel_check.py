@@ -221,7 +221,7 @@ def check_kernel(args: argparse.Namespace) -> None:
         expect(result["model"] == views[0], "the displayed widget is not the job's widget")
         # The sidebar's side in the kernel: the "sage_jupyter" comm answers its opening with the jobs.
         answers = kernel.open_comm("sage_jupyter")
-        listed = {j.get("display_name"): j.get("state") for a in answers for j in a.get("jobs", [])}
+        listed = {j.get("name"): j.get("state") for a in answers for j in a.get("jobs", [])}
         expect(listed.get("wheel_check") == "FINISHED", f"the sidebar comm listed {answers}")
         kernel.run("%unload_ext sage_jupyter")
     finally:
