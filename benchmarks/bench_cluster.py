@@ -18,7 +18,6 @@ raylets on this machine, 1 CPU each) and shuts it down after. Prints `name=value
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_ray import BATCH, pipeline_run, raw_rate
+from figures import print_figures
 
 SPIN_S = 0.001
 
@@ -156,11 +156,7 @@ def main() -> int:
         if cluster is not None:
             ray.shutdown()
             cluster.shutdown()
-    if args.json:
-        print(json.dumps(figures))
-    else:
-        for key, value in figures.items():
-            print(f"{key}={value}")
+    print_figures(figures, args.json)
     return 0
 
 

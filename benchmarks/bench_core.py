@@ -28,6 +28,8 @@ import psutil
 
 from sage_jupyter import (BaseService, FilterFunction, LocalEnvironment, MapFunction, SinkFunction)
 
+from figures import print_figures
+
 
 class Double(MapFunction):
     def execute(self, data):
@@ -272,11 +274,7 @@ def main() -> None:
                                       / figures["peer_throughput_patched_records_per_s"])
         figures["autostop_vs_peer"] = (figures["peer_autostop_latency_median_s"] * 1e3
                                        / figures["autostop_latency_median_ms"])
-    if args.json:
-        print(json.dumps(figures))
-    else:
-        for key, value in figures.items():
-            print(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
+    print_figures(figures, args.json, short_floats=True)
 
 
 if __name__ == "__main__":

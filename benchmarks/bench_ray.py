@@ -19,12 +19,13 @@ Targets: >= 100,000 records/s, ratio >= 0.5, cleanup latency < 500 ms.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
 from collections import deque
+
+from figures import print_figures
 
 BATCH = 1024  # operators.MAX_BATCH: what a fast source's batches grow to
 
@@ -191,11 +192,7 @@ def main() -> int:
         "service_calls_per_s": round(max(calls)),
         "service_call_ms": round(1000 / max(calls), 3),
     }
-    if args.json:
-        print(json.dumps(figures))
-    else:
-        for key, value in figures.items():
-            print(f"{key}={value}")
+    print_figures(figures, args.json)
     return 0
 
 
