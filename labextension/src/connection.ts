@@ -96,9 +96,19 @@ export class KernelConnection {
       msg.header.msg_type === 'status'
         ? (msg.content as KernelMessage.IStatusMsg['content']).execution_state
         : null;
-    // A restarted kernel announces itself with "starting". The session's status signal can
-    // miss a quick restart, and our comm died with the old process: open a new one.
-    if (state === 'starting' && this.model.phase === 'connected') {
+    // A restarted kernel announces itself with "starting", but a restart made through the
+    // REST API (another tab, a script) sends no "restarting" and iopub often misses the
+    // new process's "starting". Every message of a kernel process carries its session
+    // id, so a status from another session means our comm died with the old process.
+    const otherProcess =
+      state !== null &&
+      this._session !== null &&
+      msg.header.session !== this._session;
+    if (
+      (state === 'starting' || otherProcess) &&
+      this.model.phase === 'connected'
+    ) {
+      this._oldPid = this.model.pid ?? this._oldPid;
       this._reconnect();
       return;
     }
@@ -157,6 +167,7 @@ export class KernelConnection {
         }
         this._oldPid = null;
         this._staleAnswers = 0;
+        this._session = msg.header.session;
         answered = true;
         this._retry = RETRY_FIRST;
         this.model.update(msg.content.data as unknown as IJobList);
@@ -198,6 +209,7 @@ export class KernelConnection {
     window.clearTimeout(this._timer);
     const comm = this._comm;
     this._comm = null;
+    this._session = null;
     this._kernel?.iopubMessage.disconnect(this._onIOPub, this);
     this._kernel = null;
     if (comm && !comm.isDisposed) {
@@ -216,4 +228,5 @@ export class KernelConnection {
   private _retry = RETRY_FIRST;
   private _oldPid: number | null = null; // the kernel process a restart replaces
   private _staleAnswers = 0;
+  private _session: string | null = null; // iopub session id of the process that answered
 }
