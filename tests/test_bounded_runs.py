@@ -196,6 +196,7 @@ def test_remote_max_records_is_exact_and_finishes(daemon, tmp_path):
     job = env.submit(autostop=True, max_records=400)
     assert_finished_as_if_exhausted(job)
     assert len(Path(out).read_text().split()) == 400 == sources_out(job)
+    assert job.status().task("source:range").total == 20  # the wire carries the totals
     assert [e["event"] for e in journal(events)][-1] == "cleanup"
     env.close()
 
