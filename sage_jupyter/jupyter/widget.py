@@ -19,7 +19,7 @@ import ipywidgets as widgets
 
 from ..runtime.handle import JobHandle
 from ..runtime.job import JobStatus
-from . import templates
+from . import busy_stop, templates
 from .output import JobOutput
 
 log = logging.getLogger("sage_jupyter.jupyter")
@@ -62,7 +62,12 @@ class JobWidget:
                                           disabled=snapshot.state.terminal,
                                           layout=widgets.Layout(width="90px"))
         self.stop_button.on_click(self.request_stop)
-        self.view = widgets.VBox([self.html, self.stop_button, self.output.widget])
+        # The labextension sends clicks on these over its own comm (busy_stop.py).
+        self.stop_button.add_class(busy_stop.STOP_CLASS)
+        self.stop_button.add_class(busy_stop.job_class(snapshot.job_id))
+        self.stop_hint = widgets.HTML(value=self._hint(snapshot))  # says when Stop waits for a cell
+        self.stop_hint.add_class("sage-stop-hint")
+        self.view = widgets.VBox([self.html, widgets.HBox([self.stop_button, self.stop_hint]), self.output.widget])
 
     # ---- life cycle -----------------------------------------------------------------
 
@@ -167,11 +172,20 @@ class JobWidget:
                 with self.stop_button.hold_sync():
                     self.stop_button.disabled = True
                     self.stop_button.description = "Stop"
+            hint = self._hint(snapshot)
+            if hint != self.stop_hint.value:
+                self.stop_hint.value = hint
         for listener in list(self.listeners):
             try:
                 listener(snapshot)
             except Exception:  # another view's bug must not stop this one
                 log.exception("widget listener failed")
+
+    @staticmethod
+    def _hint(snapshot: JobStatus) -> str:
+        text = "" if snapshot.state.terminal else busy_stop.hint()
+        return (f'<span style="font-size:11px;color:var(--jp-ui-font-color2,#616161)">{templates.esc(text)}</span>'
+                if text else "")
 
     def _render(self, snapshot: JobStatus) -> str:
         return templates.job_html(snapshot, self._rates.update(snapshot), self._note)
