@@ -423,7 +423,8 @@ def test_widget_stop_and_sidebar_stop_while_another_cell_sleeps(browser: Browser
         sidebar = _open_sidebar(page)
         for index in range(3):
             _run_cell(page, index)
-        rows = {name: sidebar.locator(f'li.sage-jp-Job[data-job-name="{name}"]') for name in ("by_widget", "by_sidebar")}
+        rows = {name: sidebar.locator(f'li.sage-jp-Job[data-job-name="{name}"]')
+                for name in ("by_widget", "by_sidebar")}
         for row in rows.values():
             expect(row).to_have_attribute("data-state", "RUNNING")
         stop = _cell(page, 1).locator("button.sage-stop")
