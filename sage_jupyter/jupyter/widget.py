@@ -65,8 +65,8 @@ class JobWidget:
         # The labextension sends clicks on these over its own comm (busy_stop.py).
         self.stop_button.add_class(busy_stop.STOP_CLASS)
         self.stop_button.add_class(busy_stop.job_class(snapshot.job_id))
-        self.stop_hint = widgets.HTML(value=self._hint(snapshot))  # says when Stop waits for a cell
-        self.stop_hint.add_class("sage-stop-hint")
+        self.stop_hint = widgets.Label(value=self._hint(snapshot), style={"font_size": "11px"})
+        self.stop_hint.add_class("sage-stop-hint")  # says when Stop waits for a running cell
         self.view = widgets.VBox([self.html, widgets.HBox([self.stop_button, self.stop_hint]), self.output.widget])
 
     # ---- life cycle -----------------------------------------------------------------
@@ -183,9 +183,7 @@ class JobWidget:
 
     @staticmethod
     def _hint(snapshot: JobStatus) -> str:
-        text = "" if snapshot.state.terminal else busy_stop.hint()
-        return (f'<span style="font-size:11px;color:var(--jp-ui-font-color2,#616161)">{templates.esc(text)}</span>'
-                if text else "")
+        return "" if snapshot.state.terminal else busy_stop.hint()
 
     def _render(self, snapshot: JobStatus) -> str:
         return templates.job_html(snapshot, self._rates.update(snapshot), self._note)
