@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from . import busy_stop, routing, sidebar
+from ..runtime import output as routing
+from . import busy_stop, sidebar
 from .jobs import JOBS, SERVICES, adopt_plain_jobs, stop_jobs
 from .magics import SageMagics
 from .orphan_actors import ORPHANS, look_at_load
