@@ -88,6 +88,8 @@ slept_until = time.time()""",
     """print("ended", by_widget.state.value, by_widget.status().ended_at,
       by_sidebar.state.value, by_sidebar.status().ended_at, slept_until)""",
 ]
+BUSY_NB7_CELLS = [BUSY_CELLS[0], BUSY_CELLS[1], "time.sleep(15)\nslept_until = time.time()",
+                  'print("ended", by_widget.state.value, by_widget.status().ended_at, slept_until)']
 NB7_CELLS = [
     "%load_ext sage_jupyter",
     """%%sage_pipeline quick --autostop --wait
@@ -146,6 +148,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     (root / "sidebar.ipynb").write_text(json.dumps(_notebook(CELLS)))
     (root / "nb7.ipynb").write_text(json.dumps(_notebook(NB7_CELLS)))
     (root / "busy.ipynb").write_text(json.dumps(_notebook(BUSY_CELLS)))
+    (root / "busy7.ipynb").write_text(json.dumps(_notebook(BUSY_NB7_CELLS)))
     home = tmp_path_factory.mktemp("lab_home")
     # Serve the build of this checkout (the one sage_jupyter is imported from): a data dir of
     # our own comes first on Jupyter's path, ahead of whatever the venv links.
@@ -456,6 +459,36 @@ def test_widget_stop_and_sidebar_stop_while_another_cell_sleeps(browser: Browser
             assert state == "STOPPED", f"{name}: {state}"
             assert ended_at < slept_until, f"{name} ended only after the sleeping cell"
             assert ended_at - clicks[name] < 2.0, f"{name}: STOPPED {ended_at - clicks[name]:.2f} s after the click"
+    finally:
+        for session in lab.api("/api/sessions"):
+            lab.api(f"/api/sessions/{session['id']}", method="DELETE")
+        context.close()
+
+
+def test_notebook7_widget_stop_while_another_cell_sleeps(browser: Browser, lab: Lab) -> None:
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context.set_default_timeout(UI_TIMEOUT_MS)
+    page = context.new_page()
+    try:
+        page.goto(f"{lab.url}/notebooks/busy7.ipynb?token={lab.token}")
+        expect(page.locator(".jp-Notebook .jp-Cell")).to_have_count(len(BUSY_NB7_CELLS))
+        _wait_kernel_idle(page)
+        for index in range(2):
+            _run_cell_until_counted(page, index)
+        stop = _cell(page, 1).locator("button.sage-stop")
+        expect(stop).to_be_enabled()
+        expect(_cell(page, 1).locator(".sage-stop-hint")).to_have_text("")
+        _run_cell(page, 2)
+        expect(_cell(page, 2).locator(".jp-InputPrompt")).to_have_text("[*]:")
+        clicked = time.time()
+        stop.click()
+        expect(_cell(page, 1).locator('.sage-badge[data-state="STOPPED"]').first).to_be_visible()
+        expect(_cell(page, 2).locator(".jp-InputPrompt")).to_have_text("[*]:")  # still sleeping
+        expect(_cell(page, 2).locator(".jp-InputPrompt")).to_have_text("[3]:", timeout=60_000)
+        _run_cell_until_counted(page, 3)
+        words = _cell(page, 3).locator(".jp-OutputArea-output").inner_text().split()
+        assert words[1] == "STOPPED", words
+        assert clicked < float(words[2]) < float(words[3]), "the job ended only after the sleeping cell"
     finally:
         for session in lab.api("/api/sessions"):
             lab.api(f"/api/sessions/{session['id']}", method="DELETE")
