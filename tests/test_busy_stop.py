@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from kernel_harness import Kernel
 
+from sage_jupyter import LocalEnvironment
 from sage_jupyter.jupyter import busy_stop
-
-pytestmark = pytest.mark.kernel
+from sage_jupyter.jupyter.widget import JobWidget
 
 TICKER = '''%%sage_pipeline ticker -o ticker
 import time
@@ -72,6 +72,7 @@ def _model_state(k: Kernel, css_class: str) -> tuple[str, dict[str, Any]]:
     raise AssertionError(f"no widget with class {css_class!r}")
 
 
+@pytest.mark.kernel
 def test_stop_over_a_subshell_comm_ends_the_job_while_another_cell_sleeps() -> None:
     k = Kernel()
     try:
@@ -115,3 +116,14 @@ def test_stop_over_a_subshell_comm_ends_the_job_while_another_cell_sleeps() -> N
 def test_hint_is_empty_outside_a_kernel() -> None:
     assert busy_stop.hint() == ""
     assert busy_stop.job_class("my job-1") == "sage-stop-job-my%20job-1"
+
+
+def test_a_late_click_on_an_ended_job_leaves_the_button_as_it_is(no_thread_leak: None) -> None:
+    env = LocalEnvironment("late-click")
+    env.from_batch(range(3)).sink(lambda x: None)
+    widget = JobWidget(env.submit(autostop=True, block=False)).start()
+    assert widget.wait_final(30)
+    assert widget.stop_button.disabled and widget.stop_hint.value == ""
+    widget.request_stop()  # e.g. a click that waited behind a busy cell while the sidebar stopped the job
+    assert widget.stop_button.disabled and widget.stop_button.description == "Stop"
+    assert widget.snapshot.state.value == "FINISHED"

@@ -449,6 +449,8 @@ def test_widget_stop_and_sidebar_stop_while_another_cell_sleeps(browser: Browser
         assert indicator.get_attribute("data-status") == "busy", "the sleeping cell ended before both jobs stopped"
 
         expect(indicator).to_have_attribute("data-status", "idle", timeout=60_000)  # the sleep ended
+        expect(stop).to_have_text("Stop")  # the widget's own comm sent no second, late click
+        expect(stop).to_be_disabled()
         _run_cell(page, 4)
         output = _cell(page, 4).locator(".jp-OutputArea-output")
         expect(output).to_contain_text("ended")

@@ -200,6 +200,8 @@ class JobWidget:
 
     def request_stop(self, _button: Any = None) -> None:
         """What the Stop button does: ask the job to stop, without waiting."""
+        if self.snapshot.state.terminal:  # a click that waited behind a busy cell for a job stopped since
+            return
         self.stop_button.disabled = True
         self.stop_button.description = "Stopping"
         try:
