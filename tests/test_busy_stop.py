@@ -113,6 +113,30 @@ def test_stop_over_a_subshell_comm_ends_the_job_while_another_cell_sleeps() -> N
         k.shutdown()
 
 
+@pytest.mark.kernel
+def test_a_comm_opened_while_a_pipeline_cell_runs_does_not_list_its_job_twice() -> None:
+    k = Kernel()
+    try:
+        k.ok("%load_ext sage_jupyter")
+        subshell = _subshell(k)
+        cell = k.send(TICKER.replace("ticker -o ticker", "slow_body -o slow_body")
+                      + "\nenv.submit(block=False)\ntime.sleep(3)  # submitted, not listed yet")
+        _wait("the cell to run", lambda: any(m["msg_type"] == "status" and m["content"]["execution_state"] == "busy"
+                                             for m in k.of(cell)))
+        time.sleep(1.0)  # the body has submitted and sleeps
+        comm_id = uuid.uuid4().hex
+        _send(k, "comm_open", {"comm_id": comm_id, "target_name": "sage_jupyter", "data": {}}, subshell)
+        first = _wait("the list while the cell runs", lambda: _comm_data(k, comm_id))[0]
+        assert first["jobs"] == []  # the cell lists its job itself, when it ends
+        assert k.collect(cell).ok
+        _wait("the job in a push", lambda: _comm_data(k, comm_id)[-1]["jobs"])
+        time.sleep(0.5)  # any later push as well
+        assert [j["name"] for j in _comm_data(k, comm_id)[-1]["jobs"]] == ["slow_body"]
+        assert k.ok("%sage_status").displays()[0]["data"]["text/plain"].count("slow_body") == 1
+    finally:
+        k.shutdown()
+
+
 def test_hint_is_empty_outside_a_kernel() -> None:
     assert busy_stop.hint() == ""
     assert busy_stop.job_class("my job-1") == "sage-stop-job-my%20job-1"

@@ -79,6 +79,14 @@ def _kill_orphans(data: dict[str, Any]) -> dict[str, Any]:
     return jobs_payload()
 
 
+def _adopt_plain_jobs() -> None:
+    """List plain-API jobs, but only from the main thread: on a subshell this handler runs
+    while a `%%sage_pipeline` cell may be between its submit and listing its job, and would
+    list that job a second time. After each cell the main thread adopts them anyway."""
+    if threading.current_thread() is threading.main_thread():
+        adopt_plain_jobs()
+
+
 def _find(data: dict[str, Any]) -> TrackedJob | None:
     key = data.get("job_id") or data.get("name")
     return JOBS.find(str(key)) if key else None
@@ -94,7 +102,7 @@ def handle_message(data: Any) -> dict[str, Any]:
         return {"error": "expected a JSON object with an 'action'", **jobs_payload()}
     action = data.get("action")
     if action == "list":
-        adopt_plain_jobs()
+        _adopt_plain_jobs()
         try:  # a (re)connected sidebar sees the orphans of now, if this kernel has a Ray
             ORPHANS.look()
         except NoRay:
@@ -232,7 +240,7 @@ def open_comm(comm: Any, open_msg: dict[str, Any]) -> None:
     comm.on_msg(on_msg)
     comm.on_close(lambda _msg: FEED.remove(comm))
     busy_stop.FRONTEND.note(open_msg)
-    adopt_plain_jobs()
+    _adopt_plain_jobs()
     FEED.add(comm)
     FEED.send(comm, jobs_payload())
 
