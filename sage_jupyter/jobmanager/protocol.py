@@ -116,9 +116,14 @@ class JobOptions:
     cleanup: dict[str, float] | None = None  # CleanupPolicy fields
     cancel_on_disconnect: bool = False
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT_S
+    placement_timeout: float | None = None  # seconds Ray may take to place an actor; None: the default (60)
 
     def policy(self) -> CleanupPolicy:
         return CleanupPolicy(**self.cleanup) if self.cleanup else CleanupPolicy()
+
+    def backend_config(self) -> dict[str, Any]:
+        """What the dispatcher hands the Ray backend and Ray service hosts."""
+        return {} if self.placement_timeout is None else {"placement_timeout": self.placement_timeout}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -156,8 +161,14 @@ def parse_options(raw: Any) -> JobOptions:
     hb = raw.get("heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT_S)
     if isinstance(hb, bool) or not isinstance(hb, (int, float)) or not 0.5 <= hb <= 3600:
         raise _bad(f"option 'heartbeat_timeout' must be a number of seconds in [0.5, 3600], got {hb!r:.80}")
+    placement = raw.get("placement_timeout")
+    if placement is not None and (isinstance(placement, bool) or not isinstance(placement, (int, float))
+                                  or not 0 < placement <= 86400):
+        raise _bad(f"option 'placement_timeout' must be null or a number of seconds in (0, 86400], "
+                   f"got {placement!r:.80}")
     return JobOptions(name, bool(raw.get("autostop", False)), backend, cleanup,
-                      bool(raw.get("cancel_on_disconnect", False)), float(hb))
+                      bool(raw.get("cancel_on_disconnect", False)), float(hb),
+                      placement_timeout=None if placement is None else float(placement))
 
 
 # ---- the submission envelope --------------------------------------------------------
