@@ -36,29 +36,32 @@ def _job_lines(env) -> list[str]:
     return lines
 
 
-def spread_time(records: int, parallelism: int) -> float:
-    """Seconds from the first record the map starts to the last it ends."""
+def spread_time(records: int, parallelism: int) -> tuple[float, float]:
+    """(seconds from the first record the map starts to the last it ends, the CPU share its
+    instances got: their CPU time over their wall time spinning, 1.0 when each had a core)."""
     from sage_jupyter import LocalEnvironment, MapFunction, SinkFunction
 
     class Spin(MapFunction):
-        def execute(self, n: int) -> tuple[float, float]:
-            start = time.time()
+        def execute(self, n: int) -> tuple[float, float, float, float]:
+            start, cpu = time.time(), time.thread_time()
             until = time.perf_counter() + SPIN_S
             while time.perf_counter() < until:  # pure Python work, holding the GIL
                 pass
-            return start, time.time()
+            return start, time.time(), time.thread_time() - cpu, SPIN_S
 
     class Span(SinkFunction):
         def __init__(self) -> None:
             super().__init__()
-            self.first, self.last, self.count = float("inf"), 0.0, 0
+            self.first, self.last, self.count, self.cpu, self.wall = float("inf"), 0.0, 0, 0.0, 0.0
 
-        def execute(self, data: tuple[float, float]) -> None:
+        def execute(self, data: tuple[float, float, float, float]) -> None:
             self.first, self.last = min(self.first, data[0]), max(self.last, data[1])
+            self.cpu += data[2]
+            self.wall += data[1] - data[0]
             self.count += 1
 
         def close(self) -> None:
-            print(f"span={self.last - self.first!r} count={self.count}")
+            print(f"span={self.last - self.first!r} count={self.count} cpu_share={self.cpu / self.wall!r}")
 
     env = LocalEnvironment(f"spin-{parallelism}", backend="ray")
     lines = _job_lines(env)
@@ -71,7 +74,7 @@ def spread_time(records: int, parallelism: int) -> float:
     assert len({t.records_in for t in maps}) == 1, maps  # records shared evenly
     fields = dict(kv.split("=") for kv in "".join(lines).split() if "=" in kv)
     assert int(fields["count"]) == records, fields
-    return float(fields["span"])
+    return float(fields["span"]), float(fields["cpu_share"])
 
 
 def spread_cleanup_latency(records: int) -> float:
@@ -137,7 +140,8 @@ def main() -> int:
         alive = [n for n in ray.nodes() if n["Alive"]]
         assert len(alive) >= 2, f"need a cluster of two nodes or more, found {len(alive)}"
         spread_time(200, 2)  # warm up: imports and code shipping in fresh workers
-        one, two = spread_time(args.records, 1), spread_time(args.records, 2)
+        load = os.getloadavg()[0]
+        (one, share_one), (two, share_two) = spread_time(args.records, 1), spread_time(args.records, 2)
         raw = raw_rate(ray, args.chain_records, BATCH, INFLIGHT_PER_LINK)
         chain, _ = pipeline_run(args.chain_records)
         latency = spread_cleanup_latency(10_000)
@@ -147,6 +151,10 @@ def main() -> int:
             "map_s_parallelism_1": round(one, 3),
             "map_s_parallelism_2": round(two, 3),
             "spread_speedup": round(one / two, 2),
+            # below 1.0: the map's instances waited for a core (the machine was busy elsewhere)
+            "map_cpu_share_parallelism_1": round(share_one, 2),
+            "map_cpu_share_parallelism_2": round(share_two, 2),
+            "load_1min_at_start": round(load, 2),
             "chain_records_per_s": round(chain),
             "raw_records_per_s": round(raw),
             "chain_ratio_to_raw": round(chain / raw, 3),
