@@ -305,6 +305,7 @@ class RayServiceHost(ServiceHost):
         self.actor_name = ""
         self._actor_id: str | None = None
         self._methods: set[str] = set()
+        self._started = False  # its actor ran setup() and start(): the methods are known
         self._sink: OutputSink | None = None
         self._phase = threading.Lock()  # orders the starter's steps against a stop
         self._ending = False  # a stop began: the starter goes no further
@@ -342,6 +343,7 @@ class RayServiceHost(ServiceHost):
             if self._ending:  # a stop that came during setup() owns the state now
                 return
             self._methods = set(methods)
+            self._started = True
             self.accepting = True
             self.state = ServiceState.RUNNING
 
@@ -366,7 +368,7 @@ class RayServiceHost(ServiceHost):
         self.node_label = node_label(self.node)
 
     def method(self, method: str) -> Callable[..., Any]:
-        if self.actor is None or not self._methods:
+        if self.actor is None or not self._started:
             raise ServiceCallError(f"service {self.name!r} is {self.state.value}; it takes no calls yet")
         if method.startswith("_") or method not in self._methods:
             raise ServiceCallError(
