@@ -150,6 +150,10 @@ class SlowCalls(BaseService):
 
 
 class GivesUpOnACall(MapFunction):
+    def __init__(self, log: str) -> None:
+        super().__init__()
+        self.log = log
+
     def execute(self, data):
         if data == 0:
             try:
@@ -158,6 +162,10 @@ class GivesUpOnACall(MapFunction):
                 assert "did not answer within 0.05 s" in str(exc)
             else:
                 raise AssertionError("the call should have timed out")
+            # on a busy machine the call may reach the actor late: the job goes on once it runs there
+            deadline = time.monotonic() + 30
+            while "call began" not in events(Path(self.log)) and time.monotonic() < deadline:
+                time.sleep(0.01)
         return data
 
 
@@ -165,7 +173,7 @@ def test_on_ray_cleanup_waits_for_a_timed_out_call_before_running_cleanup(tmp_pa
     log = tmp_path / "events"
     env = LocalEnvironment("ray_late_call", backend="ray")
     env.register_service("svc", SlowCalls, str(log), remote=True)
-    env.from_batch(range(3)).map(GivesUpOnACall).sink(lambda x: None)
+    env.from_batch(range(3)).map(GivesUpOnACall, str(log)).sink(lambda x: None)
     env.submit(autostop=True)
     assert events(log) == ["call began", "call ended", "cleanup"]
     report = env.job.cleanup_report
@@ -176,7 +184,7 @@ def test_on_ray_a_call_still_running_after_the_graceful_timeout_is_in_the_report
     log, release = tmp_path / "events", tmp_path / "release"
     env = LocalEnvironment("ray_stuck_call", backend="ray")
     env.register_service("svc", SlowCalls, str(log), str(release), remote=True)
-    env.from_batch(range(3)).map(GivesUpOnACall).sink(lambda x: None)
+    env.from_batch(range(3)).map(GivesUpOnACall, str(log)).sink(lambda x: None)
     env.submit(autostop=True, cleanup=CleanupPolicy(graceful_timeout=0.2, kill_timeout=0.5))
     report = env.job.cleanup_report
     assert report.calls_left_running == ("svc.slow()",) and not report.ok
