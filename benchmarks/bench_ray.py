@@ -76,17 +76,19 @@ def pipeline_run(n: int) -> tuple[float, float]:
     from sage_jupyter.runtime.plan import build_plan
 
     class Counter(SinkFunction):
+        """Counts, as the raw consumer does; the time of the last record is taken when the
+        end marker closes it (right after the last batch), not by a clock read per record:
+        that read alone costs about a fifth of the raw consumer's time per record."""
+
         def __init__(self) -> None:
             super().__init__()
             self.count = 0
-            self.last = 0.0
 
         def execute(self, data: int) -> None:
             self.count += 1
-            self.last = time.time()
 
         def close(self) -> None:
-            print(f"count={self.count} last={self.last!r}")
+            print(f"count={self.count} last={time.time()!r}")
 
     class Registry(BaseService):
         def cleanup(self) -> None:

@@ -14,6 +14,7 @@ from cluster_pipelines import AskLocator, Locator, Pace, Where
 from ray_pipelines import FileSink, live_actors, read_sinks, wait_for
 
 from sage_jupyter import JobState, LocalEnvironment, PipelineError, RemoteEnvironment
+from sage_jupyter.jupyter import templates
 
 pytestmark = [pytest.mark.cluster, pytest.mark.ray]
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -44,6 +45,13 @@ def test_a_parallel_map_runs_on_both_nodes(ray_cluster, tmp_path, no_thread_leak
     assert {(i, t.node) for i, t in maps.items()} == seen  # and the statuses agree, after the end
     for t in maps.values():  # two nodes on one machine share an address: the short id tells them apart
         assert t.node_label == f"{ray.util.get_node_ip_address()} ({t.node[:8]})"
+    # every view shows each task's node: the widget's task table, %sage_status, the sidebar's row
+    status = job.status()
+    labels = {t.node_label for t in maps.values()}
+    assert all(label in templates.tasks_html(status) for label in labels)
+    text = templates.job_text(status)
+    assert all(f"task {t.name}: FINISHED" in text and f"on {t.node_label}" in text for t in maps.values())
+    assert labels <= set(templates.job_nodes(status))  # the sidebar entry's "nodes"
     assert live_actors(job) == []
 
 

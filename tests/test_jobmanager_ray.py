@@ -1,6 +1,7 @@
-"""One Ray test for the remote mode: a daemon that attaches to a running Ray (here the test
+"""Ray tests for the remote mode: a daemon that attaches to a running Ray (here the test
 session's, through RAY_ADDRESS) runs a backend="ray" job, and leaves no actor alive after
-autostop or after SIGTERM."""
+autostop or after SIGTERM; the environment's `config["ray"]["placement_timeout"]` reaches
+the daemon's job."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from sage_jupyter import BaseService, JobState, MapFunction, RemoteEnvironment
+from sage_jupyter import BaseService, JobState, MapFunction, PipelineError, RemoteEnvironment
 from sage_jupyter.jobmanager.launch import start_daemon
+from sage_jupyter.jobmanager.protocol import ProtocolError, parse_options
 from sage_jupyter.runtime.ray.orphans import sage_actors
 from tests.pipelines import Ticks
 
@@ -84,5 +86,27 @@ def test_ray_job_on_the_daemon_leaves_no_actor_after_autostop_or_sigterm(ray_ses
             time.sleep(0.1)
         assert live(prefix) == []
         assert ray_session.is_initialized()  # the session's Ray was attached to, not shut down
+    finally:
+        daemon.stop()
+
+
+def test_the_placement_timeout_of_a_remote_environment_reaches_the_daemons_job(ray_session):
+    with pytest.raises(ValueError, match=r"config\['ray'\]\['placement_timeout'\] must be a finite number"):
+        RemoteEnvironment("bad", config={"ray": {"placement_timeout": float("inf")}})
+    with pytest.raises(ProtocolError, match="option 'placement_timeout' must be null or a number"):
+        parse_options({"name": "x", "placement_timeout": -1})
+    address = ray_session.get_runtime_context().gcs_address
+    daemon = start_daemon(env={**os.environ, "RAY_ADDRESS": address})
+    prefix = f"sage:{socket.gethostname().replace(':', '_')}:{daemon.pid}:"
+    try:
+        env = RemoteEnvironment("unplaceable", port=daemon.port, token=daemon.token,
+                                config={"forward_output": False, "ray": {"placement_timeout": 1.5}})
+        env.from_batch(range(3)).map(lambda x: x, ray_remote_args={"resources": {"no_such_node": 1}}) \
+            .sink(lambda x: None)
+        with pytest.raises(PipelineError) as failed:
+            env.submit(autostop=True, backend="ray")
+        # the daemon's job waited 1.5 s (the default is 60 s), named the stage and its demand
+        assert "placement_timeout=1.5 s" in str(failed.value) and "no_such_node" in str(failed.value)
+        assert env.job.state is JobState.FAILED and live(prefix) == []
     finally:
         daemon.stop()

@@ -1,6 +1,6 @@
 /**
  * One job of the sidebar: name, state badge, Stop (while it has not ended), what it did,
- * its error and its services. Clicking the row (not Stop) asks to reveal its cell.
+ * the Ray nodes it runs on, its error and its services. Clicking the row (not Stop) asks to reveal its cell.
  */
 import { IJobEntry, IServiceEntry, JobsModel } from './model';
 
@@ -57,7 +57,13 @@ export class JobRow {
       }
     });
     this._head.append(this._name, this._state);
-    this.node.append(this._head, this._meta, this._error, this._services);
+    this.node.append(
+      this._head,
+      this._meta,
+      this._nodes,
+      this._error,
+      this._services
+    );
   }
 
   update(job: IJobEntry): void {
@@ -86,6 +92,14 @@ export class JobRow {
     this._meta.textContent = [where, job.elapsed, job.records]
       .filter(Boolean)
       .join(' · ');
+    const nodes = job.nodes ?? [];
+    this._nodes.textContent = nodes.length
+      ? `${nodes.length === 1 ? 'node' : 'nodes'}: ${nodes.join(', ')}`
+      : '';
+    this._nodes.title = nodes.length
+      ? 'The Ray nodes where its tasks and services run (or ran)'
+      : '';
+    this._nodes.hidden = !nodes.length;
     this._error.textContent = job.error
       ? `${job.error.where}: ${job.error.type}: ${job.error.message}`
       : '';
@@ -115,6 +129,7 @@ export class JobRow {
   private _state = el('span', 'sage-jp-State');
   private _stop = button('Stop', 'sage-jp-Job-stop');
   private _meta = el('div', 'sage-jp-Job-meta');
+  private _nodes = el('div', 'sage-jp-Job-nodes');
   private _error = el('div', 'sage-jp-Job-error');
   private _services = el('ul', 'sage-jp-ServiceList');
 }

@@ -37,6 +37,8 @@ export interface IJobEntry {
   records_out: number;
   records: string;
   error: IErrorEntry | null;
+  /** Where its tasks and services run (Ray): each node's IP, with its short id when two share one. */
+  nodes: string[];
   services: IServiceEntry[];
 }
 

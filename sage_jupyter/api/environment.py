@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..runtime.dispatcher import Dispatcher
@@ -43,8 +44,8 @@ def ray_config(config: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"config['ray']: unknown key(s) {sorted(unknown)}; accepted: placement_timeout")
     timeout = ray.get("placement_timeout", 60.0)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ValueError(f"config['ray']['placement_timeout'] must be a number of seconds > 0, got {timeout!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+        raise ValueError(f"config['ray']['placement_timeout'] must be a finite number of seconds > 0, got {timeout!r}")
     return {"placement_timeout": float(timeout)}
 
 

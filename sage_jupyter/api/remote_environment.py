@@ -16,9 +16,9 @@ from ..jobmanager.transport import JobManagerClient, default_output
 from ..runtime.job import JobStatus, status_from_dict
 from ..runtime.limits import check_limits
 from ..runtime.policy import CleanupPolicy
-from .environment import BACKENDS, BaseEnvironment
+from .environment import BACKENDS, BaseEnvironment, ray_config
 
-CONFIG_KEYS = ("cleanup", "timeout", "heartbeat_timeout", "forward_output")
+CONFIG_KEYS = ("cleanup", "timeout", "heartbeat_timeout", "forward_output", "ray")
 
 
 class RemoteEnvironment(BaseEnvironment):
@@ -27,7 +27,9 @@ class RemoteEnvironment(BaseEnvironment):
     `token` defaults to `$SAGE_JOBMANAGER_TOKEN`. `config` may hold `cleanup` (a
     CleanupPolicy or dict), `timeout` (seconds per request, default 10),
     `heartbeat_timeout` (seconds without heartbeat before a `cancel_on_disconnect` job is
-    stopped, default 5) and `forward_output` (print the job's output here, default True).
+    stopped, default 5), `forward_output` (print the job's output here, default True) and
+    `ray` (`{"placement_timeout": seconds}`, as for LocalEnvironment: how long the daemon's
+    `backend="ray"` job waits for Ray to place an actor before it fails).
     Creating one connects to nothing; `submit()` does.
     """
 
@@ -82,6 +84,7 @@ class RemoteEnvironment(BaseEnvironment):
             cancel_on_disconnect=bool(cancel_on_disconnect),
             heartbeat_timeout=float(self.config.get("heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT_S)),
             max_records=limits.max_records, max_duration=limits.max_duration,
+            placement_timeout=ray_config(self.config)["placement_timeout"],
         )
         envelope = encode_submission(options, self._graph, services)
         reply = self._client.submit(envelope)
@@ -136,6 +139,7 @@ def _check_config(config: dict[str, Any]) -> None:
             raise ValueError(f"RemoteEnvironment config[{key!r}] must be a number of seconds in "
                              f"[{lo:g}, {hi:g}], got {value!r}")
 
+    ray_config(config)  # {"ray": {"placement_timeout": seconds}}, carried to the daemon's job
     number("timeout", 0.1, 3600)
     number("heartbeat_timeout", 0.5, 3600)
     if not isinstance(config.get("forward_output", True), bool):

@@ -168,7 +168,7 @@ class JobManager:
         try:
             dispatcher = Dispatcher(options.name, graph, services, backend=options.backend,
                                     autostop=options.autostop, policy=options.policy(), env_name=options.name,
-                                    output=output.write,
+                                    output=output.write, backend_config=options.backend_config(),
                                     limits=SourceLimits(options.max_records, options.max_duration))
         except ImportError as exc:
             raise ProtocolError(400, "backend_unavailable", f"backend {options.backend!r} is not available on "

@@ -119,9 +119,14 @@ class JobOptions:
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT_S
     max_records: int | None = None  # submit(max_records=...): the sources' record budget
     max_duration: float | None = None  # submit(max_duration=...): seconds the sources run
+    placement_timeout: float | None = None  # seconds Ray may take to place an actor; None: the default (60)
 
     def policy(self) -> CleanupPolicy:
         return CleanupPolicy(**self.cleanup) if self.cleanup else CleanupPolicy()
+
+    def backend_config(self) -> dict[str, Any]:
+        """What the dispatcher hands the Ray backend and Ray service hosts."""
+        return {} if self.placement_timeout is None else {"placement_timeout": self.placement_timeout}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,9 +168,15 @@ def parse_options(raw: Any) -> JobOptions:
         limits = check_limits(raw.get("max_records"), raw.get("max_duration"), "option")
     except ValueError as exc:
         raise _bad(str(exc)) from None
+    placement = raw.get("placement_timeout")
+    if placement is not None and (isinstance(placement, bool) or not isinstance(placement, (int, float))
+                                  or not 0 < placement <= 86400):
+        raise _bad(f"option 'placement_timeout' must be null or a number of seconds in (0, 86400], "
+                   f"got {placement!r:.80}")
     return JobOptions(name, bool(raw.get("autostop", False)), backend, cleanup,
                       bool(raw.get("cancel_on_disconnect", False)), float(hb),
-                      max_records=limits.max_records, max_duration=limits.max_duration)
+                      max_records=limits.max_records, max_duration=limits.max_duration,
+                      placement_timeout=None if placement is None else float(placement))
 
 
 # ---- the submission envelope --------------------------------------------------------

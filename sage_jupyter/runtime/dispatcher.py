@@ -261,6 +261,7 @@ class Dispatcher:
                 reports.append(ServiceCleanup(host.name, host.kind, failed, failed))
             self._publish()
         calls_left = self._executor.shutdown(self.policy.kill_timeout) if self._executor is not None else []
+        calls_left += [c for host in self._started_hosts for c in host.calls_left_running]  # in service actors
         if self.error is not None:
             final, reason = JobState.FAILED, "failed"
         elif self._stop_requested.is_set():

@@ -278,7 +278,9 @@ class ChainRunner:
                     recent.offer(batch)
                 out = self.process(batch)
                 if out:
+                    blocked = time.perf_counter()
                     emit(out)
+                    t0 += time.perf_counter() - blocked  # waiting on a full consumer is not a slow batch
                 backoff = 0.0
             if exhausted:
                 return True

@@ -79,6 +79,7 @@ class ServiceHost(abc.ABC):
         self.calls = 0
         self.error: ErrorInfo | None = None
         self.accepting = False
+        self.calls_left_running: tuple[str, ...] = ()  # calls the host saw still running at its cleanup
 
     @abc.abstractmethod
     def start(self, ctx: RuntimeContext) -> None:
@@ -161,7 +162,9 @@ class LocalServiceHost(ServiceHost):
         finally:
             self._started.set()
 
-    def method(self, method: str) -> Callable[..., Any]:
+    def method(self, method: str, reentrant: bool = False) -> Callable[..., Any]:
+        """`reentrant`: for a call made from inside a call this service runs now, arriving
+        on another thread (a Ray actor's self-call): it takes no lock, as an `RLock` would not."""
         bound = getattr(self.instance, method, None)
         if method.startswith("_") or not callable(bound):
             raise ServiceCallError(
@@ -177,7 +180,7 @@ class LocalServiceHost(ServiceHost):
 
         # One call at a time, like an actor, so service state needs no locks of its own;
         # a service declaring `concurrent_calls = True` takes parallel calls.
-        bias = None if getattr(self.instance, "concurrent_calls", False) else self._bias
+        bias = None if reentrant or getattr(self.instance, "concurrent_calls", False) else self._bias
         return make_call(bound, self, bias, refuse, tag, f"{name}.{method}()")
 
     def stop_and_cleanup(self, policy: CleanupPolicy) -> ServiceCleanup:

@@ -25,10 +25,11 @@ class AbortFlag(Protocol):
 class Link:
     """One producer instance's way to one consumer actor."""
 
-    __slots__ = ("handle", "inflight", "key", "owner", "seq")
+    __slots__ = ("handle", "inflight", "key", "owner", "push", "seq")
 
     def __init__(self, handle: Any, key: str, owner: AbortFlag) -> None:
         self.handle = handle
+        self.push = handle.push  # the actor method, looked up once rather than per batch
         self.key = key
         self.seq = 0
         self.inflight: deque[Any] = deque()
@@ -37,7 +38,7 @@ class Link:
     def put(self, batch: Any) -> None:
         if len(self.inflight) >= INFLIGHT_PER_LINK:
             self._settle(self.inflight.popleft())
-        self.inflight.append(self.handle.push.remote(self.key, self.seq, batch))
+        self.inflight.append(self.push.remote(self.key, self.seq, batch))
         self.seq += 1
 
     def flush(self) -> None:

@@ -1,5 +1,7 @@
-"""Services as Ray actors: `RayServiceHost` for the dispatcher, `ActorWrapper` for the
-clean-then-kill ending, and the clients that let code inside any actor call services.
+"""Services as Ray actors: the transport around the one service host. `ServiceActor` hosts
+the service in a `LocalServiceHost` (the thread backend's host: same hooks, same rules);
+`RayServiceHost` is the dispatcher's side (placement, calls, counts, clean-then-kill); and
+the clients let code inside any actor call services.
 
 A service actor runs the service's hooks and methods in its own process; its `print`
 output travels back with call results (and at cleanup) to the job's output. An exception
@@ -8,6 +10,7 @@ raised by a service method reaches the caller as itself, tagged with the service
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import threading
 import time
@@ -23,14 +26,14 @@ from ..executor import DaemonExecutor
 from ..graph import ServiceSpec
 from ..job import HookOutcome, ServiceCleanup, ServiceState, ServiceStatus
 from ..policy import CleanupPolicy
-from ..services import ServiceCaller, ServiceHost, run_hook, tag_service_error
+from ..services import LocalServiceHost, ServiceCaller, ServiceHost
 from ..threads import OutputSink, current_output
+from ..tracebacks import user_traceback
 from .capture import capture_output, deliver_output
 from .cluster import actor_options, ensure_ray, node_label, where_am_i
 from .options import describe_demand
 from .orphans import NAMESPACE, actor_name, kill_actor, wait_dead
 from .pickling import dumps, loads
-from ..tracebacks import user_traceback
 
 CALL_THREADS = 8  # concurrent method calls per service actor, like the driver's call pool
 STATS_EVERY_S = 0.25
@@ -80,9 +83,14 @@ remote_class: Any = ray.remote
 
 
 class ServiceActor:
-    """One service instance in its own process. Calls run on `CALL_THREADS` threads (a
-    service may call itself or others); lifecycle calls have their own threads so a busy
-    service can still be cleaned."""
+    """One service instance in its own process, hosted by the same `LocalServiceHost` the
+    thread backend uses: its hooks, its refusals, its call counting and its one-call-at-a-
+    time rule are the host's. The actor only carries calls in and answers out.
+
+    Calls run on `CALL_THREADS` threads. A call made while another call of the same chain
+    holds this service (the service calling itself, or A -> B -> A) comes on another
+    thread, so it runs as a reentrant call, as it would on the one thread of a local call.
+    Start and shutdown have their own threads, so a stop can come while `setup()` runs."""
 
     def __init__(self, payload: bytes, name: str, job_name: str, env_name: str,
                  peers: dict[str, str]) -> None:
@@ -92,47 +100,60 @@ class ServiceActor:
         self._job_name = job_name
         self._env_name = env_name
         self._peers = peers
-        self._instance: Any = None
-        self._accepting = False
-        self._calls = 0
-        self._calls_lock = threading.Lock()
+        self._host: LocalServiceHost | None = None
+        self._calls: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {}
+        self._lock = threading.Lock()
+        self._settled = threading.Condition(self._lock)  # notified when a call ends
+        self._running: dict[int, str] = {}  # thread id -> "name.method()" of the call it runs
+        self._ending = False
 
-    @ray.method(concurrency_group="control")
+    @ray.method(concurrency_group="lifecycle")
     def start(self) -> tuple[str, Any, list[tuple[str, str]]]:
         try:
             cls, args, kwargs = loads(self._payload)
-            self._instance = cls(*args, **kwargs)
-            self._instance.ctx = RuntimeContext(
-                name=f"service:{self._name}", job_name=self._job_name, env_name=self._env_name,
-                services=actor_service_caller(self._peers),
-                logger=make_logger(self._job_name, f"service:{self._name}"))
-            self._accepting = True  # setup() may already call other services or itself
-            for hook in ("setup", "start"):
-                fn = getattr(self._instance, hook, None)
-                if callable(fn):
-                    fn()
-            return ("ok", public_methods(self._instance), self._capture.drain())
+            with self._lock:
+                if self._ending:  # the stop came first: build nothing
+                    return ("ok", [], self._capture.drain())
+                host = self._host = LocalServiceHost(ServiceSpec(self._name, cls, args, kwargs))
+            ctx = RuntimeContext(name=f"service:{self._name}", job_name=self._job_name, env_name=self._env_name,
+                                 services=actor_service_caller(self._peers),
+                                 logger=make_logger(self._job_name, f"service:{self._name}"))
+            host.start(ctx)
+            return ("ok", public_methods(host.instance), self._capture.drain())
         except Exception as exc:  # noqa: BLE001 - raised again in the driver
             return ("err", pack_error(exc, f"remote traceback (Ray actor of service {self._name!r})"),
                     self._capture.drain())
 
-    def call(self, method: str, args: tuple[Any, ...],
-             kwargs: dict[str, Any]) -> tuple[str, Any, list[tuple[str, str]]]:
+    def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+             chain: tuple[str, ...] = ()) -> tuple[str, Any, list[tuple[str, str]]]:
+        me = threading.get_ident()
+        with self._lock:
+            self._running[me] = f"{self._name}.{method}()"
+        outer = _chain.names
         try:
-            if not self._accepting:
-                raise ServiceCallError(f"service {self._name!r} is stopping; it takes no more calls")
-            fn = getattr(self._instance, method, None)
-            if method.startswith("_") or not callable(fn):
-                raise ServiceCallError(
-                    f"service {self._name!r} ({type(self._instance).__name__}) has no method {method!r}")
-            with self._calls_lock:
-                self._calls += 1
+            serialised, reentrant = self._call_functions(method)
+            _chain.names = chain + (self._name,)  # what calls made from this one carry along
+            fn = reentrant if self._name in chain else serialised
             return ("ok", fn(*args, **kwargs), self._capture.drain())
-        except Exception as exc:  # noqa: BLE001 - the caller gets it as itself
-            if not isinstance(exc, ServiceCallError):
-                tag_service_error(exc, self._name, method)
+        except Exception as exc:  # noqa: BLE001 - the caller gets it as itself (tagged by the host)
             note = f"remote traceback (Ray actor of service {self._name!r})"
             return ("err", pack_error(exc, note), self._capture.drain())
+        finally:
+            _chain.names = outer
+            with self._lock:
+                del self._running[me]
+                self._settled.notify_all()
+
+    def _call_functions(self, method: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        """The host's call function for `method` and its reentrant twin, made once."""
+        found = self._calls.get(method)
+        if found is not None:
+            return found
+        host = self._host
+        if host is None or host.instance is None:
+            raise ServiceCallError(f"service {self._name!r} is not running; it takes no calls")
+        found = self._calls[method] = (host.method(method), host.method(method, reentrant=True))
+        return found
 
     @ray.method(concurrency_group="control")
     def where(self) -> tuple[str, str]:
@@ -141,26 +162,43 @@ class ServiceActor:
 
     @ray.method(concurrency_group="control")
     def methods(self) -> list[str]:
-        return public_methods(self._instance) if self._instance is not None else []
+        host = self._host
+        return public_methods(host.instance) if host is not None and host.instance is not None else []
 
     @ray.method(concurrency_group="control")
     def stats(self) -> tuple[int, list[tuple[str, str]]]:
-        return self._calls, self._capture.drain()
+        host = self._host
+        return (host.calls if host is not None else 0), self._capture.drain()
 
-    @ray.method(concurrency_group="control")
-    def shutdown(self, timeout: float) -> tuple[HookOutcome, HookOutcome, int, list[tuple[str, str]]]:
-        """`stop()` then `cleanup()`, each given `timeout` seconds; with the call count."""
-        inst = self._instance
-        if inst is None:
+    @ray.method(concurrency_group="lifecycle")
+    def shutdown(self, policy: CleanupPolicy) -> tuple[ServiceCleanup, list[str], int, list[tuple[str, str]]]:
+        """Wait for the calls still running (at most `graceful_timeout`), then let the host
+        stop and clean the service; with the calls still running and the call count."""
+        with self._lock:
+            self._ending = True
+            host = self._host
+            deadline = time.monotonic() + policy.graceful_timeout
+            while self._running and time.monotonic() < deadline:
+                self._settled.wait(max(0.0, deadline - time.monotonic()))
+            left = sorted(self._running.values())
+        if host is None:
             skipped = HookOutcome("skipped")
-            return skipped, skipped, self._calls, self._capture.drain()
-        stop = run_hook(getattr(inst, "stop", None), timeout, f"sage-stop:{self._name}")
-        self._accepting = False
-        cleanup = run_hook(getattr(inst, "cleanup", None), timeout, f"sage-cleanup:{self._name}")
-        return stop, cleanup, self._calls, self._capture.drain()
+            return ServiceCleanup(self._name, "ray", skipped, skipped), left, 0, self._capture.drain()
+        report = host.stop_and_cleanup(policy)
+        return report, left, host.calls, self._capture.drain()
 
 
-RemoteServiceActor: Any = remote_class(max_concurrency=CALL_THREADS, concurrency_groups={"control": 2})(ServiceActor)
+RemoteServiceActor: Any = remote_class(max_concurrency=CALL_THREADS,
+                                       concurrency_groups={"lifecycle": 2, "control": 1})(ServiceActor)
+
+
+class _Chain(threading.local):
+    """The services whose calls the current thread runs inside (outermost first)."""
+
+    names: tuple[str, ...] = ()
+
+
+_chain = _Chain()
 
 
 # ---- calling services from inside an actor ----------------------------------------------
@@ -207,7 +245,7 @@ class RemoteService:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             try:
-                result = ray.get(handle.call.remote(method, args, kwargs))
+                result = ray.get(handle.call.remote(method, args, kwargs, _chain.names))
             except RayActorError as exc:
                 raise ServiceCallError(f"service {name!r} is gone: its Ray actor died") from exc
             return unwrap(result, None)  # output goes to this actor's captured stdout
@@ -249,55 +287,11 @@ def actor_service_caller(targets: dict[str, Any]) -> ServiceCaller:
 # ---- the driver side ---------------------------------------------------------------------
 
 
-class ActorWrapper:
-    """Owns one actor's ending: its cleanup method under a timeout, then `ray.kill`."""
-
-    def __init__(self, actor: Any, label: str, on_output: OutputSink | None = None,
-                 name: str = "", actor_id: str = "") -> None:
-        self.actor = actor
-        self.label = label
-        self.on_output = on_output
-        self.name = name  # the actor's name: how its death is seen in Ray's live list
-        self.actor_id = actor_id  # as the actor reported it (`where`)
-        self.outcomes: tuple[HookOutcome, HookOutcome] | None = None  # of the last cleanup
-        self.calls: int | None = None  # calls the actor served, as of the last cleanup
-
-    def cleanup(self, timeout: float) -> tuple[HookOutcome, HookOutcome]:
-        """Run `stop()` and `cleanup()` inside the actor, each under `timeout`."""
-        t0 = time.perf_counter()
-        try:
-            stop, cleanup, self.calls, output = ray.get(self.actor.shutdown.remote(timeout),
-                                                        timeout=2 * timeout + 2.0)
-            deliver_output(output, self.on_output)
-        except GetTimeoutError:
-            waited = f"the actor did not answer within {2 * timeout + 2.0:g} s"
-            stop = cleanup = HookOutcome("timeout", time.perf_counter() - t0, waited)
-        except RayActorError as exc:
-            gone = f"the actor died before cleanup: {_first_line(exc)}"
-            stop = cleanup = HookOutcome("error", time.perf_counter() - t0, gone)
-        self.outcomes = (stop, cleanup)
-        return stop, cleanup
-
-    def kill(self, no_restart: bool = True, timeout: float = 2.0) -> bool:
-        """`ray.kill`, then wait until Ray's actor table shows the actor dead."""
-        kill_actor(self.actor, no_restart)  # refused only when it is already gone
-        return not wait_dead([self.name], timeout)
-
-    def cleanup_and_kill(self, cleanup_timeout: float = 5.0, no_restart: bool = True,
-                         kill_timeout: float = 2.0) -> tuple[bool, bool]:
-        """Clean the service inside the actor, then kill it: (cleaned, killed)."""
-        stop, cleanup = self.cleanup(cleanup_timeout)
-        killed = self.kill(no_restart, kill_timeout)
-        return stop.ok and cleanup.ok, killed
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 class RayServiceHost(ServiceHost):
-    """A `remote=True` service: a non-detached actor named after its job."""
+    """A `remote=True` service: a non-detached actor named after its job, hosting the
+    service in a `LocalServiceHost`. The driver side places the actor, forwards calls,
+    reads the actor's call count, and at the end has the actor's host stop and clean the
+    service before it kills the actor and waits to see it dead."""
 
     kind = "ray"
 
@@ -307,21 +301,21 @@ class RayServiceHost(ServiceHost):
         self.placement_timeout = placement_timeout
         self.node: str | None = None
         self.node_label: str | None = None
-        self.wrapper: ActorWrapper | None = None
+        self.actor: Any = None  # its handle, once created
+        self.actor_name = ""
+        self._actor_id: str | None = None
         self._methods: set[str] = set()
+        self._started = False  # its actor ran setup() and start(): the methods are known
         self._sink: OutputSink | None = None
+        self._phase = threading.Lock()  # orders the starter's steps against a stop
+        self._ending = False  # a stop began: the starter goes no further
         self._stats_ref: Any = None
         self._stats_at = 0.0
         self._stats_lock = threading.Lock()
 
     @property
     def actor_id(self) -> str | None:
-        return self.wrapper.actor_id if self.wrapper is not None else None
-
-    @property
-    def actor(self) -> Any:
-        """The actor's handle (None before `start`)."""
-        return self.wrapper.actor if self.wrapper is not None else None
+        return self._actor_id
 
     def start(self, ctx: RuntimeContext) -> None:
         ensure_ray()
@@ -331,42 +325,55 @@ class RayServiceHost(ServiceHost):
         peers = {n: actor_name(self.job_tag, f"svc:{n}") for n in names}
         payload = dumps((self.spec.cls, self.spec.args, self.spec.kwargs))
         name = peers.get(self.name, actor_name(self.job_tag, f"svc:{self.name}"))
-        actor = RemoteServiceActor.options(name=name, namespace=NAMESPACE, **actor_options(self.spec.ray_remote_args)
-                                     ).remote(payload, self.name, ctx.job_name, ctx.env_name, peers)
-        self.wrapper = ActorWrapper(actor, f"service {self.name!r}", self._sink, name)
-        self._await_placement(self.wrapper)
-        self.accepting = True
+        with self._phase:
+            if self._ending:
+                return
+            self.actor_name = name
+            self.actor = RemoteServiceActor.options(
+                name=name, namespace=NAMESPACE, **actor_options(self.spec.ray_remote_args),
+            ).remote(payload, self.name, ctx.job_name, ctx.env_name, peers)
+        self._await_placement()
         try:
-            methods = unwrap(ray.get(actor.start.remote()), self._sink)
+            methods = unwrap(ray.get(self.actor.start.remote()), self._sink)
         except RayActorError as exc:
+            if self._ending:  # the stop killed the actor while setup() ran: the report says so
+                return
             raise RuntimeError(f"the Ray actor of service {self.name!r} could not start: {exc}") from None
-        self._methods = set(methods)
-        self.state = ServiceState.RUNNING
+        with self._phase:
+            if self._ending:  # a stop that came during setup() owns the state now
+                return
+            self._methods = set(methods)
+            self._started = True
+            self.accepting = True
+            self.state = ServiceState.RUNNING
 
-    def _await_placement(self, wrapper: ActorWrapper) -> None:
+    def _await_placement(self) -> None:
         """Wait (at most `placement_timeout`) until Ray placed the actor; else kill it and
         fail naming the service and what it asked for."""
         try:
-            wrapper.actor_id, self.node = ray.get(wrapper.actor.where.remote(), timeout=self.placement_timeout)
+            self._actor_id, self.node = ray.get(self.actor.where.remote(), timeout=self.placement_timeout)
         except GetTimeoutError:
-            wrapper.kill()
-            self.wrapper = None  # killed: nothing left to clean
+            self._kill(2.0)
+            with self._phase:
+                self.actor = None  # killed: nothing left to clean
             raise RuntimeError(
                 f"Ray could not place the actor of service {self.name!r} within placement_timeout="
                 f"{self.placement_timeout:g} s: it asked for {describe_demand(self.spec.ray_remote_args)}. "
                 "No alive node has these resources free; lower the request or add a node that has them"
             ) from None
         except RayActorError as exc:
+            if self._ending:
+                return
             raise RuntimeError(f"the Ray actor of service {self.name!r} could not start: {exc}") from None
         self.node_label = node_label(self.node)
 
     def method(self, method: str) -> Callable[..., Any]:
-        if self.wrapper is None:
+        if self.actor is None or not self._started:
             raise ServiceCallError(f"service {self.name!r} is {self.state.value}; it takes no calls yet")
         if method.startswith("_") or method not in self._methods:
             raise ServiceCallError(
                 f"service {self.name!r} ({self.spec.cls.__name__}) has no method {method!r}")
-        host, actor, name = self, self.wrapper.actor, self.name
+        host, actor, name = self, self.actor, self.name
 
         def call(*args: Any, **kwargs: Any) -> Any:
             if not host.accepting:
@@ -378,6 +385,7 @@ class RayServiceHost(ServiceHost):
                 raise ServiceCallError(f"service {name!r} is gone: its Ray actor died") from exc
             return unwrap(result, host._sink)
 
+        call.label = f"{name}.{method}()"  # type: ignore[attr-defined]  # named in reports while it runs
         return call
 
     def status(self) -> ServiceStatus:
@@ -386,9 +394,9 @@ class RayServiceHost(ServiceHost):
                              self.node, self.node_label)
 
     def _refresh_stats(self) -> None:
-        """Call counts from the actor (it also counts calls from task actors), without
-        blocking: collect the last answer if it came, ask again now and then."""
-        if self.state is not ServiceState.RUNNING or self.wrapper is None:
+        """Call counts from the actor (it counts every call, from the driver and from task
+        actors), without blocking: collect the last answer if it came, ask again now and then."""
+        if self.state is not ServiceState.RUNNING or self.actor is None:
             return
         if not self._stats_lock.acquire(blocking=False):
             return  # another thread is reading them right now
@@ -403,7 +411,7 @@ class RayServiceHost(ServiceHost):
             now = time.monotonic()
             if self._stats_ref is None and now - self._stats_at > STATS_EVERY_S:
                 self._stats_at = now
-                self._stats_ref = self.wrapper.actor.stats.remote()
+                self._stats_ref = self.actor.stats.remote()
         except Exception:  # noqa: BLE001 - a status read must never fail the caller
             self._stats_ref = None
         finally:
@@ -411,18 +419,49 @@ class RayServiceHost(ServiceHost):
 
     def stop_and_cleanup(self, policy: CleanupPolicy) -> ServiceCleanup:
         t0 = time.perf_counter()
-        if self.wrapper is None:  # never started: nothing to clean or kill
+        with self._phase:
+            self._ending = True
+            actor = self.actor
+            if actor is not None:
+                self.state = ServiceState.STOPPING
+        if actor is None:  # never created, or never placed (killed then): nothing to clean
             skipped = HookOutcome("skipped")
             return self.ended(ServiceCleanup(self.name, self.kind, skipped, skipped, None))
-        self.state = ServiceState.STOPPING
         self._collect_stats()
-        _, killed = self.wrapper.cleanup_and_kill(policy.graceful_timeout, no_restart=True,
-                                                  kill_timeout=max(policy.kill_timeout, 0.5))
+        report, self.calls_left_running = self._shutdown(actor, policy)
         self.accepting = False
-        stop, cleanup = self.wrapper.outcomes or (HookOutcome("skipped"), HookOutcome("skipped"))
-        self.calls = max(self.calls, self.wrapper.calls or 0)
-        report = ServiceCleanup(self.name, self.kind, stop, cleanup, killed, time.perf_counter() - t0)
+        killed = self._kill(max(policy.kill_timeout, 0.5))
+        setup = report.setup
+        if setup is not None and setup.outcome == "timeout" and killed:  # nothing of it is left running
+            setup = HookOutcome("timeout", setup.duration_s,
+                                (setup.error or "").split(";")[0] + "; its Ray actor was killed, no hook ran after it")
+        report = dataclasses.replace(report, kind=self.kind, killed=killed, duration_s=time.perf_counter() - t0,
+                                     setup=setup)
+        if report.setup is not None and report.setup.outcome == "timeout":
+            self.state = ServiceState.FAILED
+            return report
         return self.ended(report)
+
+    def _shutdown(self, actor: Any, policy: CleanupPolicy) -> tuple[ServiceCleanup, tuple[str, ...]]:
+        """The actor's host stops and cleans the service: (its report, calls still running)."""
+        t0 = time.perf_counter()
+        # waits inside: the calls, a running setup(), stop() and cleanup(), each at most graceful_timeout
+        budget = 4 * policy.graceful_timeout + 2.0
+        try:
+            report, left, calls, output = ray.get(actor.shutdown.remote(policy), timeout=budget)
+            deliver_output(output, self._sink)
+            self.calls = max(self.calls, calls)
+            return report, tuple(left)
+        except GetTimeoutError:
+            gone = HookOutcome("timeout", time.perf_counter() - t0, f"the actor did not answer within {budget:g} s")
+        except RayActorError as exc:
+            gone = HookOutcome("error", time.perf_counter() - t0, f"the actor died before cleanup: {_first_line(exc)}")
+        return ServiceCleanup(self.name, self.kind, gone, gone), ()
+
+    def _kill(self, timeout: float) -> bool:
+        """`ray.kill`, then wait until Ray's actor table shows the actor dead."""
+        kill_actor(self.actor)  # refused only when it is already gone
+        return not wait_dead([self.actor_name], timeout)
 
     def _collect_stats(self) -> None:
         """Take a pending stats answer (so its output is not lost) before cleanup."""
@@ -436,3 +475,8 @@ class RayServiceHost(ServiceHost):
             deliver_output(output, self._sink)
         except Exception:  # noqa: BLE001 - the actor may be gone already
             pass
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
