@@ -10,6 +10,8 @@ export interface IErrorEntry {
   where: string;
   type: string;
   message: string;
+  /** "where: type: message", as the row shows it. */
+  text: string;
 }
 
 /** One service of a job. */
@@ -38,6 +40,10 @@ export interface IJobEntry {
   records: string;
   error: IErrorEntry | null;
   services: IServiceEntry[];
+  /** True while the job is stopping (its Stop is greyed out). */
+  stopping: boolean;
+  /** The backend, and the JobManager's address for a remote job. */
+  where: string;
 }
 
 /** What the kernel sends: pushes and answers to actions alike. */

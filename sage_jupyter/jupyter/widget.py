@@ -1,10 +1,11 @@
 """The live job widget: state, tasks, services, Stop button, cleanup report, job output.
 
-It reads only `JobStatus` snapshots from a handle (a local `JobHandle` or anything with
-the same interface, e.g. a remote one) and renders them with `templates`. Updates are
-throttled: a daemon timer thread wakes on state changes (`subscribe`) and at most about
-10 times a second while the job runs (2 Hz for handles that must be polled over the
-wire), and each update is one batched (`hold_sync`) state message.
+It reads only `JobStatus` snapshots from a `JobHandleLike` (local or remote) and renders
+them with `templates`. Updates are throttled: a daemon timer thread renders the snapshot
+`subscribe` pushed (state changes; a remote handle's poller) and, between pushes, asks
+`status()` at most about 10 times a second while the job runs (2 Hz for handles whose
+status travels over the wire), so each update renders exactly one snapshot, in one
+batched (`hold_sync`) state message.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, Callable
 
 import ipywidgets as widgets
 
-from ..runtime.handle import JobHandle
+from ..runtime.handle import JobHandleLike
 from ..runtime.job import JobStatus
 from . import templates
 from .output import JobOutput
@@ -34,11 +35,13 @@ class JobWidget:
     """Shows one job. `display(widget)` renders it; the display data also carries a
     text/html and text/plain rendering of the current state for static viewers."""
 
-    def __init__(self, handle: Any, output: JobOutput | None = None,
+    def __init__(self, handle: JobHandleLike, output: JobOutput | None = None,
                  interval: float | None = None) -> None:
         self.handle = handle
         self.output = output if output is not None else JobOutput()
-        polled = not isinstance(handle, JobHandle)
+        snapshot = handle.status()
+        # A job elsewhere (a JobManager), or a handle that cannot push, is followed gently.
+        polled = snapshot.location != "local" or not callable(getattr(handle, "subscribe", None))
         self.interval = interval if interval is not None else (POLLED_INTERVAL if polled else LOCAL_INTERVAL)
         self._rates = _Rates()
         self._note = ""
@@ -53,8 +56,9 @@ class JobWidget:
         self._final_published = False
         self.updates = 0  # rendered state messages, for tests and benchmarks
         self.listeners: list[Callable[[JobStatus], None]] = []  # told of every shown snapshot
-        snapshot = handle.status()
         self.snapshot: JobStatus = snapshot
+        self._pushed: JobStatus | None = None  # the newest snapshot `subscribe` delivered, not yet shown
+        self._pushed_lock = threading.Lock()  # apart from `_lock`: a runtime thread never waits on a render
 
         self.html = widgets.HTML(value=self._render(snapshot))
         self.stop_button = widgets.Button(description="Stop", icon="stop", button_style="danger",
@@ -104,10 +108,21 @@ class JobWidget:
     # ---- updates --------------------------------------------------------------------
 
     def _on_change(self, snapshot: JobStatus) -> None:
-        # Runs on a runtime thread: only wake the timer, which coalesces changes.
+        # Runs on a runtime thread: keep the snapshot and wake the timer, which coalesces changes.
+        with self._pushed_lock:
+            if self._pushed is None or snapshot.taken_at >= self._pushed.taken_at:
+                self._pushed = snapshot
         if snapshot.state.terminal:
             self._urgent.set()
         self._wake.set()
+
+    def _next_snapshot(self) -> JobStatus:
+        """The pushed snapshot if one came since the last update, else a fresh `status()`."""
+        with self._pushed_lock:
+            pushed, self._pushed = self._pushed, None
+        if pushed is not None and pushed.taken_at >= self.snapshot.taken_at:
+            return pushed
+        return self.handle.status()
 
     def _run(self) -> None:
         last = 0.0
@@ -123,7 +138,7 @@ class JobWidget:
                 if self._closed.is_set():
                     break
                 try:
-                    snapshot = self.handle.status()
+                    snapshot = self._next_snapshot()
                     failures = 0
                 except Exception as exc:  # noqa: BLE001 - a lost connection must not kill the view
                     failures += 1
@@ -227,7 +242,7 @@ class JobWidget:
         if self._final_published:
             return
         snapshot = self.snapshot
-        if not snapshot.state.terminal and isinstance(self.handle, JobHandle) and self.handle.done:
+        if not snapshot.state.terminal and snapshot.location == "local" and self.handle.done:
             snapshot = self.handle.status()
             self.snapshot = snapshot
         if snapshot.state.terminal and self.publish_final():
