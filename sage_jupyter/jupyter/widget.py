@@ -22,6 +22,8 @@ from ..runtime.handle import JobHandleLike
 from ..runtime.job import JobStatus
 from . import templates
 from .output import JobOutput
+from .peek import PeekPanel
+from .progress import ProgressTracker
 
 log = logging.getLogger("sage_jupyter.jupyter")
 
@@ -44,6 +46,7 @@ class JobWidget:
         polled = snapshot.location != "local" or not callable(getattr(handle, "subscribe", None))
         self.interval = interval if interval is not None else (POLLED_INTERVAL if polled else LOCAL_INTERVAL)
         self._rates = _Rates()
+        self._progress = ProgressTracker()
         self._note = ""
         self._lock = threading.Lock()
         self._wake = threading.Event()  # something changed
@@ -66,7 +69,8 @@ class JobWidget:
                                           disabled=snapshot.state.terminal,
                                           layout=widgets.Layout(width="90px"))
         self.stop_button.on_click(self.request_stop)
-        self.view = widgets.VBox([self.html, self.stop_button, self.output.widget])
+        self.peek = PeekPanel([stage.name for stage in snapshot.stages], self._peek_toggled)
+        self.view = widgets.VBox([self.html, self.peek.view, self.stop_button, self.output.widget])
 
     # ---- life cycle -----------------------------------------------------------------
 
@@ -151,6 +155,7 @@ class JobWidget:
                 last = time.monotonic()
                 self._note = ""
                 self.show(snapshot)
+                self.peek.refresh(self.handle)  # on the same throttled beat as the job view
                 if snapshot.state.terminal:
                     break
         except Exception:  # e.g. the comm went away at kernel shutdown
@@ -161,6 +166,7 @@ class JobWidget:
             try:
                 self.output.flush()
                 if self.snapshot.state.terminal:
+                    self.peek.refresh(self.handle)  # the records the job ended with
                     self.publish_final()
             except Exception:
                 log.exception("job widget final update failed")
@@ -189,7 +195,16 @@ class JobWidget:
                 log.exception("widget listener failed")
 
     def _render(self, snapshot: JobStatus) -> str:
-        return templates.job_html(snapshot, self._rates.update(snapshot), self._note)
+        return templates.job_html(snapshot, self._rates.update(snapshot), self._note,
+                                  self._progress.update(snapshot))
+
+    def _peek_toggled(self) -> None:
+        # May run on a comm's subshell thread while a cell executes: wake the updater, or,
+        # once it has ended, show the job's last records from here (a quick local read).
+        if self.following:
+            self._wake.set()  # (not `_urgent`: that ends the throttle for good)
+        else:
+            self.peek.refresh(self.handle)
 
     def _drop_subscription(self) -> None:
         unsubscribe, self._unsubscribe = self._unsubscribe, None
@@ -252,11 +267,12 @@ class JobWidget:
         data = dict(self.view._repr_mimebundle_() or {})
         snapshot = self.snapshot
         data["text/html"] = self._render_static(snapshot)
-        data["text/plain"] = templates.job_text(snapshot) + self._output_tail()
+        data["text/plain"] = templates.job_text(snapshot, self._progress.rows(snapshot)) + self._output_tail()
         return data
 
     def _render_static(self, snapshot: JobStatus) -> str:
-        body = templates.job_html(snapshot, self._rates.final(snapshot) if snapshot.state.terminal else None)
+        body = templates.job_html(snapshot, self._rates.final(snapshot) if snapshot.state.terminal else None,
+                                  progress=self._progress.rows(snapshot))
         tail = self._output_tail()
         if tail:
             body += (f'<pre style="font-size:11px;max-height:12em;overflow:auto;margin:4px 0">'
