@@ -9,6 +9,8 @@ from typing import Any, Callable
 
 from .context import RuntimeContext
 from .job import ErrorInfo, TaskState, TaskStatus
+from .limits import SourceLimits
+from .peek import Sample
 from .plan import ChainSpec, Plan
 
 
@@ -25,6 +27,7 @@ class JobRuntime:
     stop_requested: threading.Event
     services: dict[str, Any]  # name -> ServiceHost, for backends that place calls themselves
     output: "Callable[[str, str], None] | None" = None  # (stream, text) from workers
+    limits: SourceLimits = SourceLimits()  # max_records / max_duration of the job's sources
 
 
 def operator_state(task_state: TaskState, failing: str | None, label: str) -> TaskState:
@@ -58,18 +61,27 @@ class TaskBackend(abc.ABC):
     def task_statuses(self) -> list[TaskStatus]:
         """Per operator instance: state and record counts, cheap enough to call at 10 Hz."""
 
+    @abc.abstractmethod
+    def samples(self) -> list[dict[str, list[Sample]]]:
+        """Per task instance: the recent records of each of its operators, by label (for peek)."""
+
 
 def chain_statuses(chain: ChainSpec, index: int, state: TaskState, counters: dict[str, tuple[int, int]],
                    error: ErrorInfo | None, failing: str | None, worker: str = "thread",
-                   node: str | None = None, node_label: str | None = None) -> list[TaskStatus]:
+                   node: str | None = None, node_label: str | None = None, total: int | None = None,
+                   queued: int = 0, input_full: bool = False) -> list[TaskStatus]:
     """One status per operator of a chain instance, for every backend. The error goes to the
-    operator that raised (`failing`), or to all of them when that is unknown."""
+    operator that raised (`failing`), or to all of them when that is unknown. `total` is the
+    source's (the chain's first operator), `queued`/`input_full` describe the chain's input,
+    which its first operator reads."""
     if failing is not None and failing not in chain.labels:  # a key function: shown on the stage
         failing = chain.labels[-1]  # it partitions for, the last of this chain
     out = []
-    for label in chain.labels:
+    for position, label in enumerate(chain.labels):
         rin, rout = counters.get(label, (0, 0))
         err = error if error is not None and failing in (label, None) else None
+        head = position == 0
         out.append(TaskStatus(f"{label}[{index}]", label, index, operator_state(state, failing, label), rin, rout,
-                              err, worker, node, node_label))
+                              err, worker, node, node_label, total=total if head and chain.is_source else None,
+                              queued=queued if head else 0, input_full=input_full and head))
     return out

@@ -68,13 +68,16 @@ class Channel:
     """At most `capacity` batches and about `max_bytes` bytes; an empty channel takes one
     batch of any size, so a batch bigger than the bound still gets through."""
 
-    __slots__ = ("_aborted", "_bytes", "_capacity", "_items", "_lock", "_max_bytes", "_not_empty", "_not_full")
+    __slots__ = ("_aborted", "_bytes", "_capacity", "_items", "_lock", "_max_bytes", "_not_empty", "_not_full",
+                 "_records", "_waiting")
 
     def __init__(self, capacity: int = 16, max_bytes: int = CHANNEL_BYTES) -> None:
         self._items: deque[tuple[Any, int]] = deque()
         self._capacity = capacity
         self._max_bytes = max_bytes
         self._bytes = 0
+        self._records = 0  # records in the queued batches (an end marker counts none)
+        self._waiting = 0  # producers blocked in put() because the channel is full
         self._lock = threading.Lock()
         self._not_empty = threading.Condition(self._lock)
         self._not_full = threading.Condition(self._lock)
@@ -86,12 +89,19 @@ class Channel:
     def put(self, item: Any) -> None:
         size = batch_bytes(item)
         with self._lock:
-            while self._full_for(size) and not self._aborted:
-                self._not_full.wait()
+            if self._full_for(size) and not self._aborted:
+                self._waiting += 1
+                try:
+                    while self._full_for(size) and not self._aborted:
+                        self._not_full.wait()
+                finally:
+                    self._waiting -= 1
             if self._aborted:
                 raise Aborted()
             self._items.append((item, size))
             self._bytes += size
+            if type(item) is not EndOfStream:
+                self._records += len(item)
             self._not_empty.notify()
 
     def offer(self, item: Any) -> bool:
@@ -104,6 +114,8 @@ class Channel:
                 return False
             self._items.append((item, size))
             self._bytes += size
+            if type(item) is not EndOfStream:
+                self._records += len(item)
             self._not_empty.notify()
             return True
 
@@ -115,8 +127,20 @@ class Channel:
                 raise Aborted()
             item, size = self._items.popleft()
             self._bytes -= size
+            if type(item) is not EndOfStream:
+                self._records -= len(item)
             self._not_full.notify()
             return item
+
+    @property
+    def queued_records(self) -> int:
+        """Records waiting in the channel."""
+        return self._records
+
+    @property
+    def full(self) -> bool:
+        """At capacity, or a producer waits for room: the consumer is the bottleneck."""
+        return self._waiting > 0 or len(self._items) >= self._capacity
 
     @property
     def queued_bytes(self) -> int:

@@ -21,8 +21,10 @@ from .errors import PipelineError
 from .executor import DaemonExecutor, join_all
 from .extras import require_extra
 from .graph import PipelineGraph, ServiceSpec
+from .limits import SourceLimits
 from .job import (CleanupReport, ErrorInfo, HookOutcome, JobState, JobStatus, ServiceCleanup, ServiceState,
                   StageInfo, StatusListener, TaskState)
+from .peek import check_peek_args, merge_samples
 from .plan import build_plan
 from .policy import CleanupPolicy
 from .threads import spawn
@@ -71,13 +73,14 @@ class Dispatcher:
                  backend: str = "thread", autostop: bool = False,
                  policy: CleanupPolicy | None = None, env_name: str | None = None,
                  output: Callable[[str, str], None] | None = None,
-                 backend_config: dict[str, Any] | None = None) -> None:
+                 backend_config: dict[str, Any] | None = None, limits: SourceLimits | None = None) -> None:
         self.name = name
         self.env_name = env_name or name
         self.job_id = f"{name}-{next(_job_numbers)}"
         self.autostop = autostop
         self.policy = policy or CleanupPolicy()
         self.backend_name = backend
+        self.limits = limits or SourceLimits()
         self.plan = build_plan(graph)
         self._stage_info = tuple(
             StageInfo(self.plan.labels[s.id], s.kind, s.parallelism,
@@ -152,7 +155,7 @@ class Dispatcher:
             self._finalize()
             return
         runtime = JobRuntime(self.job_id, self.name, self.env_name, self._context, self._task_ended,
-                             self._stop_requested, self.hosts, self._output)
+                             self._stop_requested, self.hosts, self._output, self.limits)
         try:
             self.backend.launch(self.plan, runtime)
         except BaseException as exc:  # noqa: BLE001 - fails the job, then the cleanup path runs
@@ -308,6 +311,12 @@ class Dispatcher:
             services=tuple(h.status() for h in self.hosts.values()), stages=self._stage_info,
             error=self.error, cleanup_report=self.cleanup_report,
         )
+
+    def peek(self, stage: str | None, n: int) -> dict[str, list[str]]:
+        """See `JobHandle.peek`."""
+        labels = [s.name for s in self._stage_info]
+        check_peek_args(stage, n, labels)
+        return merge_samples(labels, self.backend.samples(), stage, n)
 
     def subscribe(self, listener: StatusListener) -> Callable[[], None]:
         """Register `listener`; it gets the current snapshot at once, then one per change."""

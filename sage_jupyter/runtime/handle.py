@@ -43,6 +43,8 @@ class JobHandleLike(Protocol):
 
     def subscribe(self, listener: StatusListener) -> Callable[[], None]: ...
 
+    def peek(self, stage: str | None = None, n: int = 5) -> dict[str, list[str]]: ...
+
 
 class JobHandle:
     """What `submit()` returns: wait for, stop and observe one job.
@@ -106,6 +108,14 @@ class JobHandle:
         """Call `listener(snapshot)` now and on every state change (not per record); returns
         an unsubscribe function. Listeners run on runtime threads and must be quick."""
         return self._dispatcher.subscribe(listener)
+
+    def peek(self, stage: str | None = None, n: int = 5) -> dict[str, list[str]]:
+        """The newest records (at most `n`, newest last, as reprs cut at 200 characters) that
+        each stage emitted, by stage label as in `TaskStatus.stage`; sinks: the records they
+        received. With `stage`, only that stage. Sampled per batch, so a stage shows at most
+        the last 10 records it handled. Raises `KeyError` (naming the stages) for an unknown
+        `stage` and `ValueError` for an `n` that is not an integer >= 0."""
+        return self._dispatcher.peek(stage, n)
 
     def __repr__(self) -> str:
         s = self.status()

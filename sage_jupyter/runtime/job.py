@@ -85,6 +85,13 @@ class TaskStatus:
     worker: str = "thread"  # "thread" or the Ray actor id running it
     node: str | None = None  # Ray node id (hex) of the actor's node; None on threads
     node_label: str | None = None  # what views show: its IP, plus a short id if IPs repeat
+    # Progress: records a source instance will emit, when known (a sized iterable, a
+    # BatchFunction with __len__, capped by max_records); None if unknown or not a source.
+    total: int | None = None
+    # Backpressure: records waiting in this instance's input channel (0 for sources and for
+    # the later operators of a chained task), and whether that channel is full (its producers wait).
+    queued: int = 0
+    input_full: bool = False
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,12 @@ import time
 import zlib
 from typing import Any, Callable, Iterable, NoReturn
 
+from . import peek
 from .channels import END, batch_bytes
 from .context import RuntimeContext, attach_context
 from .graph import StageSpec
+from .limits import SourceBounds
+from .peek import RecentRecords
 from .plan import ChainSpec, EdgeSpec
 
 MAX_BATCH = 1024
@@ -51,7 +54,8 @@ def untag(batch: list[Any], label: str) -> tuple[int, list[Any]]:
 class Operator:
     """One stage instance: the user object, its execute function and its counters."""
 
-    __slots__ = ("stage", "label", "index", "obj", "fn", "ctx", "records_in", "records_out", "closed")
+    __slots__ = ("stage", "label", "index", "obj", "fn", "ctx", "records_in", "records_out", "closed", "recent",
+                 "total")
 
     def __init__(self, stage: StageSpec, label: str, index: int, ctx: RuntimeContext) -> None:
         self.stage = stage
@@ -61,12 +65,16 @@ class Operator:
         self.records_in = 0
         self.records_out = 0
         self.closed = False
+        self.recent = RecentRecords()
+        self.total: int | None = None  # a source's length, when it has one
         built = stage.factory()
         if stage.call == "method":
             attach_context(built, ctx)
             self.obj, self.fn = built, built.execute
         else:  # "plain": the callable itself; "iter": the iterable
             self.obj, self.fn = built, built
+        if stage.kind == "source" and stage.bounded and stage.call != "plain":
+            self.total = _length(built)
 
     def step(self) -> Callable[[list[Any]], list[Any] | None]:
         """A function that runs this operator over one batch."""
@@ -162,12 +170,15 @@ class Operator:
 class ChainRunner:
     """Runs the operators of one chain instance in order over each batch."""
 
-    def __init__(self, chain: ChainSpec, index: int, make_ctx: MakeContext) -> None:
+    def __init__(self, chain: ChainSpec, index: int, make_ctx: MakeContext,
+                 bounds: SourceBounds | None = None) -> None:
         self.chain = chain
         self.index = index
         self._make_ctx = make_ctx
+        self.bounds = bounds or SourceBounds()
         self.ops: list[Operator] = []
-        self._steps: list[tuple[Operator, Callable[[list[Any]], list[Any] | None]]] = []
+        self._sampling = peek.SAMPLING  # read once: the benchmark's switch
+        self._steps: list[tuple[Operator, Callable[[list[Any]], list[Any] | None], RecentRecords | None]] = []
         self.current: Operator | None = None  # the operator running now, for error messages
         self.routing: str | None = None  # the key function partitioning the output now, likewise
 
@@ -179,7 +190,7 @@ class ChainRunner:
             op = Operator(stage, label, self.index, ctx)
             self.ops.append(op)
             if stage.kind != "source":
-                self._steps.append((op, op.step()))
+                self._steps.append((op, op.step(), op.recent if self._sampling else None))
         self._opening = None
 
     _opening: str | None = None
@@ -193,10 +204,22 @@ class ChainRunner:
             return self.routing
         return self._opening or (self.ops[-1].label if self.ops else self.chain.labels[0])
 
+    @property
+    def source_total(self) -> int | None:
+        """How many records this source instance will emit, when known (see `TaskStatus.total`)."""
+        if not self.chain.is_source or not self.ops:
+            return None
+        return self.bounds.cap(self.ops[0].total)
+
     def process(self, batch: list[Any]) -> list[Any] | None:
-        for op, run in self._steps:
+        for op, run, recent in self._steps:
             self.current = op
             out = run(batch)
+            if recent is not None:
+                if out:
+                    recent.keep(out)
+                elif out is None:  # a sink: what it received
+                    recent.keep(batch)
             if not out:
                 self.current = None
                 return None
@@ -206,7 +229,8 @@ class ChainRunner:
 
     def run_source(self, should_stop: Callable[[], bool], wait_stop: Callable[[float], Any],
                    emit: Callable[[list[Any]], None]) -> bool:
-        """Pull records from the source until it ends or a stop is requested.
+        """Pull records from the source until it ends or a stop is requested. A spent budget
+        (max_records) or a passed deadline (max_duration) ends it as if it were exhausted.
 
         Returns True if the source was exhausted, False if it was stopped.
         """
@@ -214,29 +238,44 @@ class ChainRunner:
         stage = src.stage
         size = 1
         backoff = 0.0
+        budget = self.bounds.budget
+        duration = self.bounds.max_duration
+        deadline = None if duration is None else time.monotonic() + duration
+        recent = src.recent if self._sampling else None
         if stage.call == "iter":
             iterator = iter(src.obj)
         while True:
             if should_stop():
                 return False
+            if deadline is not None and time.monotonic() >= deadline:
+                return True
+            want = size if budget is None else budget.take(size, should_stop)
+            if want == 0:  # the budget is spent (or a stop came while waiting for it)
+                return not should_stop()
             t0 = time.perf_counter()
             self.current = src
             exhausted = False
-            if stage.call == "iter":
-                batch = list(itertools.islice(iterator, size))
-                exhausted = len(batch) < size
-            else:
-                fn = src.fn
-                batch = []
-                for _ in range(size):
-                    record = fn()
-                    if record is None:
-                        exhausted = stage.bounded  # an unbounded source is polled again
-                        break
-                    batch.append(record)
+            batch: list[Any] = []
+            try:
+                if stage.call == "iter":
+                    batch = list(itertools.islice(iterator, want))
+                    exhausted = len(batch) < want
+                else:
+                    fn = src.fn
+                    for _ in range(want):
+                        record = fn()
+                        if record is None:
+                            exhausted = stage.bounded  # an unbounded source is polled again
+                            break
+                        batch.append(record)
+            finally:
+                if budget is not None:
+                    budget.settle(want - len(batch))
             self.current = None
             if batch:
                 src.records_out += len(batch)
+                if recent is not None:
+                    recent.keep(batch)
                 out = self.process(batch)
                 if out:
                     emit(out)
@@ -253,6 +292,8 @@ class ChainRunner:
                 size //= 2
             if not batch:  # an idle unbounded source: wait a little, but wake on stop
                 backoff = min(POLL_BACKOFF_MAX_S, backoff * 2 or 0.001)
+                if deadline is not None:
+                    backoff = max(0.0, min(backoff, deadline - time.monotonic()))
                 wait_stop(backoff)
 
     def run_to_end(self, get: Callable[[], Any] | None, routes: list[Callable[[list[Any]], None]],
@@ -320,12 +361,28 @@ class ChainRunner:
 
         return send_each
 
+    def samples(self) -> dict[str, list[peek.Sample]]:
+        """The recent records of each operator of this instance, by label (for peek)."""
+        return {op.label: op.recent.samples() for op in list(self.ops)}
+
     def close_quietly(self) -> None:
         for op in self.ops:
             try:
                 op.close()
             except BaseException:  # noqa: BLE001 - the job is already ending on an error
                 pass
+
+
+def _length(source: Any) -> int | None:
+    """len() of a source object that has one (list, range, sized iterable, BatchFunction with
+    __len__); None if it has none or it fails."""
+    if not hasattr(type(source), "__len__"):
+        return None
+    try:
+        n = len(source)
+    except Exception:  # noqa: BLE001 - a broken __len__ only means the total is unknown
+        return None
+    return n if isinstance(n, int) and n >= 0 else None
 
 
 def fan_out(routes: list[Callable[[list[Any]], None]]) -> Callable[[list[Any]], None]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from .backend import JobRuntime, TaskBackend, chain_statuses
 from .channels import END, Aborted, Channel
 from .job import ErrorInfo, TaskState, TaskStatus
+from .limits import SharedBudget, SourceBounds
 from .operators import ChainRunner, end_targets, make_route
+from .peek import Sample
 from .plan import ChainSpec, EdgeSpec, Plan
 from .services import error_info
 from .threads import spawn
@@ -15,12 +17,13 @@ CHANNEL_CAPACITY = 16  # batches per consumer instance: at most ~16k records in 
 
 class ThreadTask:
     def __init__(self, chain: ChainSpec, index: int, job: JobRuntime,
-                 inbox: Channel | None, outputs: list[tuple[EdgeSpec, list[Channel]]]) -> None:
+                 inbox: Channel | None, outputs: list[tuple[EdgeSpec, list[Channel]]],
+                 bounds: SourceBounds | None = None) -> None:
         self.chain = chain
         self.index = index
         self.job = job
         self.name = chain.task_name(index)
-        self.runner = ChainRunner(chain, index, job.make_ctx)
+        self.runner = ChainRunner(chain, index, job.make_ctx, bounds)
         self.inbox = inbox
         self.outputs = outputs  # (edge, consumer channels)
         self.state = TaskState.CREATED
@@ -54,7 +57,11 @@ class ThreadTask:
 
     def statuses(self) -> list[TaskStatus]:
         counters = {op.label: (op.records_in, op.records_out) for op in list(self.runner.ops)}
-        return chain_statuses(self.chain, self.index, self.state, counters, self.error, self.failing)
+        inbox = self.inbox
+        return chain_statuses(self.chain, self.index, self.state, counters, self.error, self.failing,
+                              total=self.runner.source_total,
+                              queued=inbox.queued_records if inbox is not None else 0,
+                              input_full=inbox is not None and inbox.full)
 
 
 class ThreadBackend(TaskBackend):
@@ -68,10 +75,11 @@ class ThreadBackend(TaskBackend):
         for chain in plan.chains:
             if chain.inputs:
                 self.channels[chain.id] = [Channel(CHANNEL_CAPACITY) for _ in range(chain.parallelism)]
+        bounds = source_bounds(plan, job)
         for chain, index in plan.instances():
             inbox = self.channels[chain.id][index] if chain.inputs else None
             outputs = [(edge, self.channels[edge.dst]) for edge in chain.outputs]
-            self.tasks.append(ThreadTask(chain, index, job, inbox, outputs))
+            self.tasks.append(ThreadTask(chain, index, job, inbox, outputs, bounds if chain.is_source else None))
         for task in self.tasks:
             task.thread.start()
 
@@ -90,3 +98,16 @@ class ThreadBackend(TaskBackend):
 
     def task_statuses(self) -> list[TaskStatus]:
         return [s for t in self.tasks for s in t.statuses()]
+
+    def samples(self) -> list[dict[str, list[Sample]]]:
+        return [t.runner.samples() for t in list(self.tasks)]
+
+
+def source_bounds(plan: Plan, job: JobRuntime) -> SourceBounds | None:
+    """What the job's source instances run under; one budget shared by all of them."""
+    limits = job.limits
+    if not limits.bounded:
+        return None
+    sources = sum(c.parallelism for c in plan.chains if c.is_source)
+    budget = SharedBudget(limits.max_records) if limits.max_records is not None else None
+    return SourceBounds(budget, limits.max_records, limits.max_duration, sources)

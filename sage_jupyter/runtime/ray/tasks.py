@@ -28,6 +28,7 @@ from ..channels import END, Aborted, Channel
 from ..context import RuntimeContext, make_logger
 from ..job import ErrorInfo, TaskState, TaskStatus
 from ..operators import ChainRunner, end_targets, make_route
+from ..peek import Sample
 from ..plan import ChainSpec, Plan
 from ..services import error_info
 from ..threads import spawn
@@ -488,3 +489,6 @@ class RayBackend(TaskBackend):
         with self._lock:
             tasks = list(self.tasks)
         return [s for t in tasks for s in t.statuses()]
+
+    def samples(self) -> list[dict[str, list[Sample]]]:
+        return []

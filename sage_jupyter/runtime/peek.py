@@ -1,0 +1,96 @@
+"""Peek: the newest records each stage emitted (sinks: received), as short reprs.
+
+Each operator keeps a small ring of references to the tails of its latest batches, with the
+time each batch passed. That costs a slice and an append per batch (not per record); reprs
+are taken only when someone peeks (threads) or when an actor answers a status poll (Ray).
+Memory is bounded: at most `PEEK_KEEP` batch tails of at most `PEEK_KEEP` records each.
+"""
+
+from __future__ import annotations
+
+import reprlib
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+PEEK_KEEP = 10  # newest records kept per operator instance; peek(n) returns at most this many
+REPR_LIMIT = 200  # characters of one record's repr
+# The internal switch benchmarks flip to measure what sampling costs (bench_core "peek on vs off").
+SAMPLING = True
+
+Sample = tuple[float, str]  # (time the record's batch passed, repr of the record)
+
+_repr = reprlib.Repr()
+# Generous limits: a record looks as repr() shows it, but a huge list or string costs no more
+# than the 200 characters kept.
+_repr.maxlevel = 4
+_repr.maxlist = _repr.maxtuple = _repr.maxset = _repr.maxfrozenset = _repr.maxdeque = 40
+_repr.maxdict = 20
+_repr.maxstring = _repr.maxother = _repr.maxlong = REPR_LIMIT
+
+
+def short_repr(record: Any) -> str:
+    """repr of a record, at most `REPR_LIMIT` characters (cut ones end with an ellipsis)."""
+    try:
+        text = _repr.repr(record)
+    except Exception as exc:  # noqa: BLE001 - a user __repr__ that raises must not break a peek
+        text = f"<{type(record).__name__}: repr() raised {type(exc).__name__}>"
+    return text if len(text) <= REPR_LIMIT else text[: REPR_LIMIT - 1] + "\u2026"
+
+
+class RecentRecords:
+    """One operator instance's ring of recent batch tails. `keep(batch)` runs on the task's
+    thread; `samples()` may run on any other (it copies the ring first)."""
+
+    __slots__ = ("_ring",)
+
+    def __init__(self) -> None:
+        self._ring: deque[tuple[float, list[Any]]] = deque(maxlen=PEEK_KEEP)
+
+    def keep(self, batch: list[Any]) -> None:
+        self._ring.append((time.time(), batch[-PEEK_KEEP:]))
+
+    def samples(self) -> list[Sample]:
+        """The newest records, oldest first, as (time, repr)."""
+        for _ in range(3):
+            try:
+                ring = list(self._ring)
+                break
+            except RuntimeError:  # mutated while copied: try again
+                continue
+        else:
+            return []
+        out: list[tuple[float, Any]] = []
+        for t, tail in reversed(ring):
+            for record in reversed(tail):
+                out.append((t, record))
+                if len(out) == PEEK_KEEP:
+                    break
+            if len(out) == PEEK_KEEP:
+                break
+        return [(t, short_repr(record)) for t, record in reversed(out)]
+
+
+def check_peek_args(stage: Any, n: Any, labels: Sequence[str]) -> None:
+    """Refuse a bad `peek(stage, n)`: ValueError for `n`, KeyError naming the known stages."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"peek(n={n!r}): n must be an integer >= 0")
+    if stage is not None and stage not in labels:
+        raise KeyError(f"peek(stage={stage!r}): no such stage; the stages are {', '.join(map(repr, labels))}")
+
+
+def merge_samples(labels: Sequence[str], per_instance: Iterable[Mapping[str, list[Sample]]],
+                  stage: str | None, n: int) -> dict[str, list[str]]:
+    """Per stage label, the `n` newest reprs over all its instances, newest last."""
+    wanted = list(labels) if stage is None else [stage]
+    merged: dict[str, list[Sample]] = {label: [] for label in wanted}
+    for samples in per_instance:
+        for label, items in samples.items():
+            if label in merged:
+                merged[label].extend(items)
+    out: dict[str, list[str]] = {}
+    for label, items in merged.items():
+        items.sort(key=lambda item: item[0])  # stable: one instance's order is kept
+        out[label] = [text for _, text in items[-n:]] if n else []
+    return out
