@@ -125,7 +125,7 @@ def main() -> int:
     import ray
 
     from sage_jupyter.runtime.ray.cluster import ensure_ray
-    from sage_jupyter.runtime.ray.tasks import INFLIGHT_PER_LINK
+    from sage_jupyter.runtime.ray.links import INFLIGHT_PER_LINK
 
     cluster = None
     if "RAY_ADDRESS" not in os.environ:

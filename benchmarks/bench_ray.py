@@ -168,7 +168,7 @@ def main() -> int:
         os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="sgb", dir="/tmp"))
     import ray
 
-    from sage_jupyter.runtime.ray.tasks import INFLIGHT_PER_LINK
+    from sage_jupyter.runtime.ray.links import INFLIGHT_PER_LINK
     from sage_jupyter.runtime.ray.cluster import ensure_ray
 
     if not ray.is_initialized() and "RAY_ADDRESS" not in os.environ:

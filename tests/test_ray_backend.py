@@ -229,7 +229,8 @@ def test_orphans_of_dead_processes_are_found_and_killed():
 
 def test_a_slow_consumer_holds_the_source_back(no_thread_leak):
     from sage_jupyter.runtime.operators import MAX_BATCH
-    from sage_jupyter.runtime.ray.tasks import INBOX_CAPACITY, INFLIGHT_PER_LINK
+    from sage_jupyter.runtime.ray.chain_actor import INBOX_CAPACITY
+    from sage_jupyter.runtime.ray.links import INFLIGHT_PER_LINK
 
     total = 200_000
     env = LocalEnvironment("backpressure", backend="ray")

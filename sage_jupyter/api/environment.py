@@ -10,6 +10,7 @@ from ..runtime.dispatcher import Dispatcher
 from ..runtime.extras import require_extra
 from ..runtime.graph import PipelineGraph, ServiceSpec, StageSpec
 from ..runtime.handle import JobHandle
+from ..runtime.limits import check_limits
 from ..runtime.policy import CleanupPolicy
 from ..runtime.ray.options import check_ray_remote_args
 from .datastream import DataStream
@@ -207,12 +208,16 @@ class LocalEnvironment(BaseEnvironment):
         self._output = sink
 
     def submit(self, autostop: bool = False, block: bool | None = None,
-               cleanup: CleanupPolicy | dict[str, Any] | None = None) -> JobHandle:
+               cleanup: CleanupPolicy | dict[str, Any] | None = None, max_records: int | None = None,
+               max_duration: float | None = None) -> JobHandle:
         """Start the job. With `autostop=True` every service is stopped and cleaned when the
-        pipeline ends, and the call blocks until then unless `block=False`.
+        pipeline ends, and the call blocks until then unless `block=False`. `max_records`
+        bounds the records all sources emit together, `max_duration` the seconds they run;
+        then they end as if exhausted (the job FINISHES, every emitted record reaches the sinks).
 
         Raises `PipelineError` (blocking) if a stage or a service failed.
         """
+        limits = check_limits(max_records, max_duration)
         self._validate_for_submit()
         policy = self._policy(cleanup)
         backend_config = ray_config(self.config)
@@ -227,7 +232,7 @@ class LocalEnvironment(BaseEnvironment):
             check_shippable(self._graph, services)
         dispatcher = Dispatcher(self.name, self._graph, services, backend=self.backend, autostop=autostop,
                                 policy=policy, env_name=self.name, output=self._output,
-                                backend_config=backend_config)
+                                backend_config=backend_config, limits=limits)
         self._job = JobHandle(dispatcher)
         dispatcher.start()
         if block is None:

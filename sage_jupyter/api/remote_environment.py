@@ -14,6 +14,7 @@ from ..jobmanager.protocol import DEFAULT_HEARTBEAT_TIMEOUT_S, DEFAULT_PORT, TOK
 from ..jobmanager.remote_handle import RemoteJobHandle
 from ..jobmanager.transport import JobManagerClient, default_output
 from ..runtime.job import JobStatus, status_from_dict
+from ..runtime.limits import check_limits
 from ..runtime.policy import CleanupPolicy
 from .environment import BACKENDS, BaseEnvironment
 
@@ -54,18 +55,21 @@ class RemoteEnvironment(BaseEnvironment):
 
     def submit(self, autostop: bool = False, block: bool | None = None,
                cleanup: CleanupPolicy | dict[str, Any] | None = None, backend: str = "thread",
-               cancel_on_disconnect: bool = False) -> RemoteJobHandle:
+               cancel_on_disconnect: bool = False, max_records: int | None = None,
+               max_duration: float | None = None) -> RemoteJobHandle:
         """Ship the pipeline to the JobManager and start it there.
 
         With `autostop=True` every service is stopped and cleaned on the JobManager when
         the pipeline ends, and the call blocks until then unless `block=False`. A job
         submitted with `cancel_on_disconnect=True` is stopped and cleaned when this
-        client goes away; any other job keeps running on the daemon.
+        client goes away; any other job keeps running on the daemon. `max_records` and
+        `max_duration` bound the sources as in `LocalEnvironment.submit`.
 
         Raises `PipelineError` (blocking) naming the remote stage that failed,
         `JobManagerConnectionError` (a `ConnectionError`) if the daemon cannot be reached
         or goes away, `JobManagerError` if it refuses the job.
         """
+        limits = check_limits(max_records, max_duration)
         self._validate_for_submit()
         if backend not in BACKENDS:
             raise ValueError(f"submit(backend={backend!r}): use 'thread' or 'ray'")
@@ -77,6 +81,7 @@ class RemoteEnvironment(BaseEnvironment):
             name=self.name, autostop=bool(autostop), backend=backend, cleanup=dataclasses.asdict(policy),
             cancel_on_disconnect=bool(cancel_on_disconnect),
             heartbeat_timeout=float(self.config.get("heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT_S)),
+            max_records=limits.max_records, max_duration=limits.max_duration,
         )
         envelope = encode_submission(options, self._graph, services)
         reply = self._client.submit(envelope)

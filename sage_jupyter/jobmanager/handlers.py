@@ -33,6 +33,7 @@ def make_app(manager: JobManager) -> tornado.web.Application:
             (rf"{v}/jobs/([^/]+)/stop", StopHandler, args),
             (rf"{v}/jobs/([^/]+)/output", OutputHandler, args),
             (rf"{v}/jobs/([^/]+)/heartbeat", HeartbeatHandler, args),
+            (rf"{v}/jobs/([^/]+)/peek", PeekHandler, args),
         ],
         default_handler_class=UnknownEndpointHandler,
         default_handler_args=args,
@@ -237,6 +238,21 @@ class HeartbeatHandler(ApiHandler):
         self.reply({"job_id": job_id, "state": rec.dispatcher.state.value})
 
 
+class PeekHandler(ApiHandler):
+    def get(self, job_id: str) -> None:
+        """The newest records of each stage (`JobHandle.peek`): `stage` picks one, `n` (default 5)
+        how many."""
+        self.no_body()
+        n = self.number("n", 5, 0, 10_000, int)
+        stage = self.get_query_argument("stage", None)
+        rec = self.manager.record(job_id)
+        try:
+            peeked = rec.dispatcher.peek(stage, n)
+        except KeyError as exc:
+            raise ProtocolError(404, "unknown_stage", str(exc.args[0])) from None
+        self.reply({"job_id": job_id, "peek": peeked})
+
+
 class OutputHandler(ApiHandler):
     async def get(self, job_id: str) -> None:
         """A page of the captured output from `since`; with `wait`, a long-poll for new text.
@@ -276,6 +292,7 @@ class UnknownEndpointHandler(ApiHandler):
         raise ProtocolError(404, "unknown_endpoint", f"no endpoint {self.request.method} {self.request.path}; "
                             f"known: GET {API_PREFIX}/info, GET|POST {API_PREFIX}/jobs, GET {API_PREFIX}/jobs/ID, "
                             f"POST {API_PREFIX}/jobs/ID/stop, GET {API_PREFIX}/jobs/ID/output, "
+                            f"GET {API_PREFIX}/jobs/ID/peek, "
                             f"POST {API_PREFIX}/jobs/ID/heartbeat")
 
     get = post = put = delete = patch = head = _refuse

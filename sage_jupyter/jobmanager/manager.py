@@ -15,6 +15,7 @@ from ..runtime import registry
 from ..runtime.dispatcher import Dispatcher
 from ..runtime.executor import DaemonExecutor
 from ..runtime.job import JobState, JobStatus, TaskState
+from ..runtime.limits import SourceLimits
 from ..runtime.policy import CleanupPolicy
 from . import protocol
 from .history import JobHistory
@@ -167,7 +168,8 @@ class JobManager:
         try:
             dispatcher = Dispatcher(options.name, graph, services, backend=options.backend,
                                     autostop=options.autostop, policy=options.policy(), env_name=options.name,
-                                    output=output.write)
+                                    output=output.write,
+                                    limits=SourceLimits(options.max_records, options.max_duration))
         except ImportError as exc:
             raise ProtocolError(400, "backend_unavailable", f"backend {options.backend!r} is not available on "
                                 f"this JobManager: {type(exc).__name__}: {exc}") from None

@@ -27,6 +27,7 @@ from typing import Any
 import cloudpickle
 
 from ..runtime.graph import PipelineGraph, ServiceSpec
+from ..runtime.limits import check_limits
 from ..runtime.policy import CleanupPolicy
 from ..runtime.shipping import local_modules
 
@@ -116,6 +117,8 @@ class JobOptions:
     cleanup: dict[str, float] | None = None  # CleanupPolicy fields
     cancel_on_disconnect: bool = False
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT_S
+    max_records: int | None = None  # submit(max_records=...): the sources' record budget
+    max_duration: float | None = None  # submit(max_duration=...): seconds the sources run
 
     def policy(self) -> CleanupPolicy:
         return CleanupPolicy(**self.cleanup) if self.cleanup else CleanupPolicy()
@@ -156,8 +159,13 @@ def parse_options(raw: Any) -> JobOptions:
     hb = raw.get("heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT_S)
     if isinstance(hb, bool) or not isinstance(hb, (int, float)) or not 0.5 <= hb <= 3600:
         raise _bad(f"option 'heartbeat_timeout' must be a number of seconds in [0.5, 3600], got {hb!r:.80}")
+    try:
+        limits = check_limits(raw.get("max_records"), raw.get("max_duration"), "option")
+    except ValueError as exc:
+        raise _bad(str(exc)) from None
     return JobOptions(name, bool(raw.get("autostop", False)), backend, cleanup,
-                      bool(raw.get("cancel_on_disconnect", False)), float(hb))
+                      bool(raw.get("cancel_on_disconnect", False)), float(hb),
+                      max_records=limits.max_records, max_duration=limits.max_duration)
 
 
 # ---- the submission envelope --------------------------------------------------------

@@ -16,6 +16,7 @@ import weakref
 from typing import Any, Callable
 
 from ..runtime.errors import PipelineError
+from ..runtime.peek import check_peek_args
 from ..runtime.job import CleanupReport, ErrorInfo, JobState, JobStatus, StatusListener, status_from_dict
 from ..runtime.threads import spawn
 from .transport import (
@@ -210,6 +211,19 @@ class RemoteJobHandle:
             since = reply["next"]
             if not reply.get("more"):
                 return "".join(parts)
+
+    def peek(self, stage: str | None = None, n: int = 5) -> dict[str, list[str]]:
+        """The newest records of each stage on the JobManager, as `JobHandle.peek` (same
+        errors: `KeyError` for an unknown stage, `ValueError` for a bad `n`)."""
+        labels = [s.name for s in self.status().stages]
+        check_peek_args(stage, n, labels)
+        try:
+            peeked: dict[str, list[str]] = self._client.peek(self._job_id, stage, n)["peek"]
+        except JobManagerError as exc:
+            if exc.code == "unknown_stage":
+                raise KeyError(exc.message) from None
+            raise
+        return peeked
 
     # ---- observing: one poller for status and output --------------------------------
 

@@ -212,6 +212,10 @@ class JobManagerClient:
     def heartbeat(self, job_id: str) -> dict[str, Any]:
         return self.request("POST", f"/jobs/{quote(job_id)}/heartbeat", body=b"")
 
+    def peek(self, job_id: str, stage: str | None = None, n: int = 5) -> dict[str, Any]:
+        query: dict[str, Any] = {"n": n} if stage is None else {"n": n, "stage": stage}
+        return self.request("GET", f"/jobs/{quote(job_id)}/peek", query)
+
     def output(self, job_id: str, since: int = 0, wait: float = 0.0) -> dict[str, Any]:
         query: dict[str, Any] = {"since": since}
         if wait > 0:

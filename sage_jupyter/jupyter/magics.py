@@ -7,12 +7,15 @@
 ``%sage_services`` / ``%sage_services --remove NAME [NAME ...]`` / ``%sage_services --clear``
     List this kernel's services (name, class, kind), or remove some or all of them.
 
-``%%sage_pipeline [NAME] [--autostop] [--services a,b] [--backend thread|ray] [--wait] [--timeout S] [-o VAR]``
+``%%sage_pipeline [NAME] [--autostop] [--services a,b] [--backend thread|ray] [--wait] [--timeout S]
+[--max-records N] [--max-duration S] [-o VAR]``
     The cell builds a pipeline on a ready `env` (this kernel's services registered, or only
     those named by `--services`; `--services ""` registers none); the
     magic submits it without blocking, shows the job's widget and returns the `JobHandle`
     (or stores it in VAR). `--wait` blocks until the job ended; the interrupt button then
-    stops it and cleans up. `--timeout S` stops the job after S seconds. Running the same
+    stops it and cleans up. `--timeout S` stops the job after S seconds (STOPPED);
+    `--max-records N` / `--max-duration S` end the sources after N records in total or S
+    seconds as if they were exhausted (FINISHED, every record reaches the sinks). Running the same
     cell again (or the same NAME) first stops the job it started before.
 
 ``%sage_status``
@@ -25,6 +28,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import threading
 from typing import Any
 
@@ -211,6 +215,10 @@ class SageMagics(Magics):
     @argument("--backend", default="thread", choices=BACKENDS, help="run tasks on threads or Ray actors")
     @argument("--wait", action="store_true", help="block until the job ended (interrupt stops it)")
     @argument("--timeout", type=float, default=None, metavar="S", help="stop the job after S seconds")
+    @argument("--max-records", dest="max_records", type=int, default=None, metavar="N",
+              help="the sources end (as if exhausted) after N records in total")
+    @argument("--max-duration", dest="max_duration", type=float, default=None, metavar="S",
+              help="the sources end (as if exhausted) after S seconds")
     @argument("-o", "--output", dest="var", default=None, metavar="VAR", help="store the JobHandle in VAR")
     @cell_magic
     def sage_pipeline(self, line: str, cell: str) -> Any:
@@ -218,6 +226,12 @@ class SageMagics(Magics):
         args = parse_argstring(self.sage_pipeline, line)
         if args.timeout is not None and not args.timeout > 0:
             raise UsageError(f"%%sage_pipeline: --timeout must be a number of seconds > 0, got {args.timeout:g}")
+        if args.max_records is not None and args.max_records < 0:
+            raise UsageError(f"%%sage_pipeline: --max-records must be a whole number of records >= 0, "
+                             f"got {args.max_records}")
+        if args.max_duration is not None and not (math.isfinite(args.max_duration) and args.max_duration >= 0):
+            raise UsageError(f"%%sage_pipeline: --max-duration must be a finite number of seconds >= 0, "
+                             f"got {args.max_duration:g}")
         if args.var is not None and not args.var.isidentifier():
             raise UsageError(f"%%sage_pipeline: -o needs a variable name, got {args.var!r}")
         if not cell.strip():
@@ -254,7 +268,8 @@ class SageMagics(Magics):
                 raise UsageError(f"%%sage_pipeline {name}: the cell defined no sink; end the pipeline "
                                  "with .sink(...) on a stream of `env`")
             try:
-                handle = env.submit(autostop=args.autostop, block=False)
+                handle = env.submit(autostop=args.autostop, block=False, max_records=args.max_records,
+                                    max_duration=args.max_duration)
             except (ValueError, TypeError, MissingExtraError) as exc:
                 raise UsageError(f"%%sage_pipeline {name}: {exc}") from None
 

@@ -42,7 +42,7 @@ def _thread_backend(config: dict[str, Any]) -> TaskBackend:
 
 def _ray_backend(config: dict[str, Any]) -> TaskBackend:
     require_extra("ray", "backend='ray'")
-    from .ray.tasks import RayBackend
+    from .ray.backend import RayBackend
 
     return RayBackend(**config)
 

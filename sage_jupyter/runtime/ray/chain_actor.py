@@ -1,0 +1,163 @@
+"""The actor of one chain instance: it hosts a `ChainRunner` (the run loop the thread
+backend uses too), takes numbered batches from its producers on its own thread, and answers
+polls (counters, captured output) and stop/abort without queueing them behind data."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import ray
+
+from ..channels import END, Aborted, Channel
+from ..context import RuntimeContext, make_logger
+from ..job import TaskState
+from ..operators import ChainRunner, end_targets, make_route
+from ..plan import ChainSpec
+from ..services import error_info
+from .capture import capture_output
+from .cluster import where_am_i
+from .links import Link
+from .pickling import loads
+from .services import actor_service_caller, remote_class
+
+INBOX_CAPACITY = 8  # batches a consumer queues before its pushes wait
+POLL_WAIT_S = 0.25  # a status poll answers at the latest after this, sooner on output
+OUTPUT_COALESCE_S = 0.02
+
+
+class ChainActor:
+    """One chain instance. `run()` is the task (its result is the task's end); `push()`
+    receives batches on its own thread, so stop, abort and polls are never queued
+    behind data."""
+
+    def __init__(self, payload: bytes, task_name: str, first_label: str, index: int,
+                 job_name: str, env_name: str, services: dict[str, Any],
+                 outputs: list[list[Any]]) -> None:
+        self._capture = capture_output()
+        self._payload = payload
+        self._task_name = task_name
+        self._first_label = first_label
+        self._index = index
+        self._job_name = job_name
+        self._env_name = env_name
+        self._service_targets = services
+        self._outputs = outputs
+        self._inbox = Channel(INBOX_CAPACITY)
+        self._next: dict[str, int] = {}
+        self._early: dict[str, dict[int, Any]] = {}
+        self._stop = threading.Event()
+        self.aborted = False
+        self._runner: ChainRunner | None = None
+        self._caller: Any = None
+        self._links: list[list[Link]] = []
+        self._finished = False
+
+    # ---- data ----------------------------------------------------------------------
+
+    @ray.method(concurrency_group="data")
+    def push(self, key: str, seq: int, batch: Any) -> None:
+        """Queue a producer's batch (or END) in that producer's order."""
+        expected = self._next.get(key, 0)
+        if seq != expected:  # an earlier call of this link has not run yet
+            self._early.setdefault(key, {})[seq] = batch
+            return
+        early = self._early.get(key)
+        try:
+            self._inbox.put(batch)
+            expected += 1
+            while early and expected in early:
+                self._inbox.put(early.pop(expected))
+                expected += 1
+        except Aborted:  # the task ended (failure or abort): drop
+            pass
+        self._next[key] = expected
+
+    # ---- the task --------------------------------------------------------------------
+
+    @ray.method(concurrency_group="run")
+    def run(self) -> dict[str, Any]:
+        state, error, failing = TaskState.RUNNING, None, None
+        runner = None
+        try:
+            chain, index = loads(self._payload)
+            self._caller = actor_service_caller(self._service_targets)
+            runner = self._runner = ChainRunner(chain, index, self._make_ctx)
+            # One ordering key per output edge: a stream connected to itself feeds one consumer twice.
+            self._links = [[Link(h, f"{self._task_name}>{e}", self) for h in handles]
+                           for e, handles in enumerate(self._outputs)]
+            routes = [make_route(edge, index, [link.put for link in links])
+                      for edge, links in zip(chain.outputs, self._links, strict=True)]
+            runner.open()
+            state = self._drive(chain, runner, routes)
+        except Aborted:
+            state = TaskState.STOPPED
+            if runner is not None:
+                runner.close_quietly()
+        except BaseException as exc:  # noqa: BLE001 - reported to the driver
+            failing = runner.failing_label if runner is not None else self._first_label
+            error = error_info(f"stage {failing!r} (instance {self._index})", exc)
+            state = TaskState.FAILED
+            if runner is not None:
+                runner.close_quietly()
+        finally:
+            self._inbox.abort()  # late or blocked pushes return at once
+        output = self._capture.drain()
+        self._finished = True
+        self._capture.ready.set()  # a waiting poll answers now
+        return {"state": state, "error": error, "counters": self._counters(), "failing": failing,
+                "output": output}
+
+    def _drive(self, chain: ChainSpec, runner: ChainRunner, routes: list[Any]) -> TaskState:
+        stop = self._stop
+        stopped = runner.run_to_end(self._inbox.get, routes, stop.is_set, stop.wait)
+        if self.aborted:
+            raise Aborted()
+        for edge, links in zip(chain.outputs, self._links, strict=True):
+            for i in end_targets(edge, self._index, len(links)):
+                links[i].put(END)
+        for links in self._links:
+            for link in links:
+                link.flush()
+        return TaskState.STOPPED if stopped else TaskState.FINISHED
+
+    def _make_ctx(self, label: str, index: int, parallelism: int) -> RuntimeContext:
+        return RuntimeContext(name=label, job_name=self._job_name, env_name=self._env_name,
+                              parallel_index=index, parallelism=parallelism, services=self._caller,
+                              logger=make_logger(self._job_name, label))
+
+    def _counters(self) -> dict[str, tuple[int, int]]:
+        runner = self._runner
+        if runner is None:
+            return {}
+        return {op.label: (op.records_in, op.records_out) for op in list(runner.ops)}
+
+    # ---- control -----------------------------------------------------------------------
+
+    @ray.method(concurrency_group="poll")
+    def poll(self) -> dict[str, Any]:
+        """Counters and captured output; waits up to `POLL_WAIT_S` for output to show up."""
+        if not self._finished and self._capture.ready.wait(POLL_WAIT_S) and not self._finished:
+            time.sleep(OUTPUT_COALESCE_S)  # gather a burst of prints into one answer
+        return {"counters": self._counters(), "output": self._capture.drain()}
+
+    @ray.method(concurrency_group="control")
+    def where(self) -> tuple[str, str]:
+        """(actor id, node id): answered once the actor is placed and up."""
+        return where_am_i()
+
+    @ray.method(concurrency_group="control")
+    def stop(self) -> None:
+        """Graceful: a source stops producing; its end markers drain the pipeline."""
+        self._stop.set()
+
+    @ray.method(concurrency_group="control")
+    def abort(self) -> None:
+        """Forced: drop queued batches and wake every wait in this actor."""
+        self.aborted = True
+        self._stop.set()
+        self._inbox.abort()
+
+
+RemoteChainActor: Any = remote_class(concurrency_groups={"data": 1, "run": 1, "poll": 1, "control": 1})(ChainActor)
