@@ -37,7 +37,7 @@ class PeekPanel:
             self.toggles[stage] = toggle
         self.html = widgets.HTML(value="")
         self.html.add_class("sage-peek-records")
-        label = widgets.HTML(value='<span style="font-size:12px">peek:</span>')
+        label = widgets.Label(value="peek:")
         self.view = widgets.VBox([widgets.HBox([label, *self.toggles.values()]), self.html])
         if not stages:
             self.view.layout.display = "none"
@@ -62,7 +62,7 @@ class PeekPanel:
         try:
             samples = handle.peek(None, PEEK_RECORDS)
             body = templates.peek_html({stage: list(samples.get(stage, [])) for stage in stages})
-        except Exception as exc:  # noqa: BLE001 - e.g. a remote job out of reach: say so in the view
+        except Exception as exc:  # e.g. a remote job out of reach: say so in the view
             log.debug("peek failed", exc_info=True)
             body = f"<div>peek unavailable: {templates.esc(type(exc).__name__)}: {templates.esc(exc)}</div>"
         with self._lock:

@@ -124,4 +124,5 @@ class ProgressTracker:
 
     def _history(self, stage: str) -> tuple[float, ...]:
         samples = list(self._samples.get(stage, ()))
-        return tuple(max(0, n1 - n0) / (t1 - t0) for (t0, n0), (t1, n1) in zip(samples, samples[1:]) if t1 > t0)
+        pairs = zip(samples, samples[1:], strict=False)
+        return tuple(max(0, n1 - n0) / (t1 - t0) for (t0, n0), (t1, n1) in pairs if t1 > t0)

@@ -291,7 +291,8 @@ def job_html(s: JobStatus, rates: Mapping[str, float] | None = None, note: str =
     """The full job view: header, graph, stage progress, tasks, services, error, cleanup report."""
     extra = f'<div>{badge("STOPPING", "note")} {esc(note)}</div>' if note else ""
     return (f'<div class="sage-job" style="{_BOX}">{header_html(s)}{extra}{graph_html(s)}'
-            f'{progress_html(progress or [], s.state.terminal)}{tasks_html(s, rates)}{services_html(s)}{job_error_html(s)}{cleanup_html(s.cleanup_report)}</div>')
+            f'{progress_html(progress or [], s.state.terminal)}{tasks_html(s, rates)}{services_html(s)}'
+            f'{job_error_html(s)}{cleanup_html(s.cleanup_report)}</div>')
 
 
 def job_text(s: JobStatus, progress: list[StageProgress] | None = None) -> str:
