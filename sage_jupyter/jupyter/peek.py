@@ -35,6 +35,7 @@ class PeekPanel:
             toggle.add_class("sage-peek-toggle")
             toggle.observe(self._toggled, names="value")
             self.toggles[stage] = toggle
+        self.updates = 0  # peek views sent, for tests
         self.html = widgets.HTML(value="")
         self.html.add_class("sage-peek-records")
         label = widgets.Label(value="peek:")
@@ -70,4 +71,5 @@ class PeekPanel:
                 return False
             with self.html.hold_sync():
                 self.html.value = body
+            self.updates += 1
         return True
