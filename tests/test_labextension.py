@@ -439,10 +439,16 @@ def test_widget_progress_bar_and_peek_toggle_update_live(browser: Browser, lab: 
         expect(records).to_contain_text(re.compile(r"\d+0"))
         seen = records.inner_text()
         expect(records).not_to_have_text(seen)  # newer records replaced them
-        _assert_readable_in(page, ".jp-OutputArea .sage-badge", "JupyterLab Light")
         expect(output.locator('.sage-job .sage-badge[data-state="FINISHED"]').first).to_be_visible(timeout=60_000)
         expect(stage).to_contain_text("600 of 600")
         expect(records).to_contain_text("5990")  # the map's last record
+        readable = ".jp-OutputArea .sage-badge, .jp-OutputArea .sage-peek pre"  # badges and peeked records
+        _assert_readable_in(page, readable, "JupyterLab Light")
+        _set_theme(page, "JupyterLab Dark")
+        try:
+            _assert_readable_in(page, readable, "JupyterLab Dark")
+        finally:
+            _set_theme(page, "JupyterLab Light")
     finally:
         for session in lab.api("/api/sessions"):
             lab.api(f"/api/sessions/{session['id']}", method="DELETE")
