@@ -49,10 +49,12 @@ def wait_for(condition: Any, timeout: float = 30.0) -> Any:
 
 def test_progress_and_a_peek_toggle_reach_the_frontend(kernel):
     run = kernel.ok(COUNTED)
-    job_html, peek_html = kernel.models("HTMLModel", run.msg_id)[:2]
-    toggles = {m["content"]["data"]["state"]["description"]: m["content"]["comm_id"] for m in kernel.all()
-               if m["msg_type"] == "comm_open" and m["parent_header"].get("msg_id") == run.msg_id
-               and m["content"]["data"].get("state", {}).get("_model_name") == "ToggleButtonModel"}
+    opened = [m["content"] for m in kernel.all()
+              if m["msg_type"] == "comm_open" and m["parent_header"].get("msg_id") == run.msg_id]
+    job_html = kernel.models("HTMLModel", run.msg_id)[0]  # the job view comes first
+    (peek_html,) = [c["comm_id"] for c in opened if "sage-peek-records" in c["data"]["state"].get("_dom_classes", ())]
+    toggles = {c["data"]["state"]["description"]: c["comm_id"] for c in opened
+               if c["data"]["state"].get("_model_name") == "ToggleButtonModel"}
     assert list(toggles) == ["source:list", "map:Slow", "sink:lambda"]
     # while it runs: "n of 400", a bar and an ETA per stage fed by the source
     live = wait_for(lambda: [v for v in states(kernel, job_html, "value") if " of 400" in v and "ETA" in v])

@@ -31,13 +31,12 @@ class PeekPanel:
         for stage in stages:
             toggle = widgets.ToggleButton(value=False, description=stage, icon="eye",
                                           tooltip=f"show the newest records {stage} emitted, live",
-                                          layout=widgets.Layout(width="auto"))
-            toggle.add_class("sage-peek-toggle")
+                                          layout=widgets.Layout(width="auto"), _dom_classes=("sage-peek-toggle",))
             toggle.observe(self._toggled, names="value")
             self.toggles[stage] = toggle
         self.updates = 0  # peek views sent, for tests
-        self.html = widgets.HTML(value="")
-        self.html.add_class("sage-peek-records")
+        self.html = widgets.HTML(value="", _dom_classes=("sage-peek-records",))  # classes set at creation:
+        # they travel in the model's first message, so a frontend (or a test) can tell the models apart
         label = widgets.Label(value="peek:")
         self.view = widgets.VBox([widgets.HBox([label, *self.toggles.values()]), self.html])
         if not stages:
