@@ -158,7 +158,7 @@ def remote_rate(port: int, token: str, name: str, records: int, sink) -> float:
 
 def ring_write_s(fill: bool, writes: int = 200_000) -> float:
     """Seconds per write into one job's output ring, empty or already at its bound (in this process)."""
-    from sage_jupyter.jobmanager.output import OutputBuffer
+    from sage_jupyter.runtime.output import OutputBuffer
 
     buffer = OutputBuffer()
     if fill:

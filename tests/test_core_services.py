@@ -222,3 +222,41 @@ def test_service_calls_are_serialized_like_an_actor():
     env.from_batch(range(3000)).map(Bump, parallelism=3).sink(lambda x: None)
     env.submit(autostop=True)
     assert totals == [3000]
+
+
+def test_a_thread_calling_lock_free_is_refused_once_the_service_stopped():
+    """The one thread calling a service takes the lock-free path; when the service stops
+    taking calls, that path ends too and the thread's next call is refused."""
+    class Ping(BaseService):
+        def ping(self):
+            return "pong"
+
+    seen: dict = {}
+    started = threading.Event()
+
+    def keep_calling(call_service):
+        try:
+            while True:
+                call_service["ping"].ping()
+                seen["calls"] = seen.get("calls", 0) + 1
+                started.set()
+                time.sleep(0.001)
+        except ServiceCallError as exc:
+            seen["refused"] = str(exc)
+
+    class StartsCaller(MapFunction):
+        def execute(self, data):
+            thread = threading.Thread(target=keep_calling, args=(self.call_service,), daemon=True)
+            thread.start()
+            seen["thread"] = thread
+            started.wait(5)  # the caller thread owns the lock-free path before the job ends
+            return data
+
+    env = LocalEnvironment("refuse_owner")
+    env.register_service("ping", Ping)
+    env.from_batch([1]).map(StartsCaller).sink(lambda x: None)
+    env.submit(autostop=True)
+    seen["thread"].join(5)
+    assert not seen["thread"].is_alive()
+    assert seen["calls"] >= 1 and "takes no more calls" in seen["refused"]
+    assert env.job.status().service("ping").calls == seen["calls"]  # the refused call is not counted

@@ -9,7 +9,7 @@ import threading
 from sage_jupyter import JobState, RemoteEnvironment
 from sage_jupyter.jobmanager import JobManagerClient
 from sage_jupyter.jobmanager.manager import ENDED_OUTPUT_CHARS
-from sage_jupyter.jobmanager.output import MAX_BUFFER_CHARS, PAGE_CHARS, OutputBuffer
+from sage_jupyter.runtime.output import MAX_BUFFER_CHARS, PAGE_CHARS, OutputBuffer
 
 LINE = 1000  # characters per printed line, newline included
 

@@ -12,7 +12,8 @@ from IPython.core.interactiveshell import InteractiveShell
 
 import sage_jupyter
 from sage_jupyter import JobHandle, PipelineError
-from sage_jupyter.jupyter import routing, sidebar
+from sage_jupyter.jupyter import sidebar
+from sage_jupyter.runtime import output as routing
 from sage_jupyter.jupyter.jobs import JOBS, SERVICES, widget_of
 
 SERVICE_CELL = '''

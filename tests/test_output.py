@@ -8,7 +8,7 @@ import sys
 import threading
 
 from sage_jupyter import BaseService, LocalEnvironment, MapFunction
-from sage_jupyter.jupyter import routing
+from sage_jupyter.runtime import output as routing
 from sage_jupyter.jupyter.output import JobOutput
 
 

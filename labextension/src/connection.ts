@@ -112,16 +112,16 @@ export class KernelConnection {
       this._reconnect();
       return;
     }
-    // A cell finished while the extension was not loaded: it may have loaded it now.
+    // A cell finished: if the extension was not loaded, the cell may have loaded it now.
     if (
-      this.model.phase === 'missing' &&
-      msg.header.msg_type === 'status' &&
-      (msg.content as KernelMessage.IStatusMsg['content']).execution_state ===
-        'idle' &&
+      state === 'idle' &&
       (msg.parent_header as KernelMessage.IHeader).msg_type ===
         'execute_request'
     ) {
-      this._connect();
+      this._executedSinceOpen = true;
+      if (this.model.phase === 'missing') {
+        this._connect();
+      }
     }
   }
 
@@ -178,15 +178,20 @@ export class KernelConnection {
         return;
       }
       this._comm = null;
-      if (!answered) {
+      if (!answered && !this._executedSinceOpen) {
         // The kernel closes a comm at once when nothing registered its target: wait for
         // the next cell to run rather than asking again and again.
         this.model.setPhase('missing');
+      } else if (!answered) {
+        // A cell ran while the kernel refused the comm (a subshell can take the opening
+        // while the cell is still loading the extension): ask once more.
+        this._connect();
       } else {
         this._later();
       }
     };
     this._comm = comm;
+    this._executedSinceOpen = false;
     if (this.model.phase !== 'connected') {
       this.model.setPhase('connecting');
     }
@@ -229,4 +234,5 @@ export class KernelConnection {
   private _oldPid: number | null = null; // the kernel process a restart replaces
   private _staleAnswers = 0;
   private _session: string | null = null; // iopub session id of the process that answered
+  private _executedSinceOpen = false; // a cell ended since the comm was opened
 }

@@ -16,7 +16,7 @@ import tornado.web
 
 from . import protocol
 from .manager import WAIT_CONDITIONS, JobManager, JobRecord
-from .output import PAGE_CHARS
+from ..runtime.output import PAGE_CHARS
 from .protocol import API_PREFIX, ProtocolError
 
 log = logging.getLogger("sage_jupyter.jobmanager")

@@ -19,7 +19,7 @@ from ..runtime.limits import SourceLimits
 from ..runtime.policy import CleanupPolicy
 from . import protocol
 from .history import JobHistory
-from .output import OutputBuffer
+from ..runtime.output import OutputBuffer
 from .protocol import JobOptions, ProtocolError
 
 log = logging.getLogger("sage_jupyter.jobmanager")

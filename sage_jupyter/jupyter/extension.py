@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from . import routing, sidebar
+from ..runtime import output as routing
+from . import sidebar
 from .jobs import JOBS, SERVICES, adopt_plain_jobs, stop_jobs
 from .magics import SageMagics
 
