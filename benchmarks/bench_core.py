@@ -8,7 +8,8 @@ Figures: pipeline throughput as a fraction of a plain Python loop making the sam
 per second from a map (target > 1,000,000), a map calling `self.call_service["acc"].add(x)`
 per record as a fraction of a plain loop making the same calls directly (target >= 0.5),
 RSS growth over 3,000,000 int records and over 300 records of 1 MB through a slow sink
-(target < 150 MB each), and, with SAGE_PEER_PYTHON set, the same figures from upstream
+(target < 150 MB each), the throughput with peek sampling on as a fraction of the same
+pipeline with it switched off (target >= 0.98), and, with SAGE_PEER_PYTHON set, the same figures from upstream
 SAGE (`benchmarks/peer_sage.py`, run in that interpreter).
 """
 
@@ -27,6 +28,7 @@ from pathlib import Path
 import psutil
 
 from sage_jupyter import (BaseService, FilterFunction, LocalEnvironment, MapFunction, SinkFunction)
+from sage_jupyter.runtime import peek as peek_sampling
 
 from figures import print_figures
 
@@ -82,6 +84,31 @@ def throughput(n: int) -> dict:
         "pipeline_parallelism2_records_per_s": n / parallel,
         "pipeline_parallelism2_vs_loop": loop / parallel,
     }
+
+
+def peek_cost(n: int, runs: int = 11) -> dict:
+    """The throughput pipeline with peek sampling on, as a fraction of the same pipeline with
+    sampling switched off (the runtime's internal switch), best of `runs`, interleaved so load
+    changes hit both alike; chained (one task) and with parallelism 2 (channels in between).
+    Wall time and this process's CPU time both: on a shared machine the CPU time is the steadier."""
+    figures = {}
+    for parallelism, key in ((1, "peek"), (2, "peek_parallelism2")):
+        wall: dict[bool, list[float]] = {True: [], False: []}
+        cpu: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(runs):
+            for sampling in (True, False):
+                peek_sampling.SAMPLING = sampling
+                try:
+                    c0 = time.process_time()
+                    wall[sampling].append(pipeline(n, parallelism))
+                    cpu[sampling].append(time.process_time() - c0)
+                finally:
+                    peek_sampling.SAMPLING = True
+        figures[f"{key}_on_records_per_s"] = n / min(wall[True])
+        figures[f"{key}_off_records_per_s"] = n / min(wall[False])
+        figures[f"{key}_on_vs_off"] = min(wall[False]) / min(wall[True])
+        figures[f"{key}_on_vs_off_cpu"] = min(cpu[False]) / min(cpu[True])
+    return figures
 
 
 class Svc(BaseService):
@@ -248,12 +275,13 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1_000_000, help="records for the throughput run")
     parser.add_argument("--memory-n", type=int, default=3_000_000)
     parser.add_argument("--memory-big-n", type=int, default=300, help="records of 1 MB for the memory run")
-    parser.add_argument("--only", default="", help="comma-separated figure groups: throughput, latency, "
+    parser.add_argument("--only", default="", help="comma-separated figure groups: throughput, peek, latency, "
                         "calls, path, memory, memory_big, peer (default: all)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     groups = {
         "throughput": lambda: throughput(args.n),
+        "peek": lambda: peek_cost(args.n),
         "latency": autostop_latency,
         "calls": lambda: service_calls(args.n),
         "path": lambda: service_call_path(args.n),

@@ -22,12 +22,12 @@ SAMPLING = True
 Sample = tuple[float, str]  # (time the record's batch passed, repr of the record)
 
 _repr = reprlib.Repr()
-# Generous limits: a record looks as repr() shows it, but a huge list or string costs no more
-# than the 200 characters kept.
+# Limits past the 200 characters kept: the kept prefix reads as repr() would, but a huge list
+# or string costs no more than a few hundred characters (reprlib shortens the middle, after it).
 _repr.maxlevel = 4
-_repr.maxlist = _repr.maxtuple = _repr.maxset = _repr.maxfrozenset = _repr.maxdeque = 40
-_repr.maxdict = 20
-_repr.maxstring = _repr.maxother = _repr.maxlong = REPR_LIMIT
+_repr.maxlist = _repr.maxtuple = _repr.maxset = _repr.maxfrozenset = _repr.maxdeque = 100
+_repr.maxdict = 50
+_repr.maxstring = _repr.maxother = _repr.maxlong = 5 * REPR_LIMIT
 
 
 def short_repr(record: Any) -> str:

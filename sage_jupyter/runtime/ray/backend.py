@@ -19,7 +19,9 @@ import ray
 
 from ..backend import JobRuntime, TaskBackend
 from ..job import TaskStatus
+from ..peek import Sample
 from ..plan import Plan
+from .budget import BoundsSpec, RemoteBudgetActor
 from ..threads import spawn
 from .chain_actor import RemoteChainActor
 from .cluster import actor_options, ensure_ray, hosting_nodes, node_label
@@ -40,6 +42,8 @@ class RayBackend(TaskBackend):
         self._stopping = False
         self._aborted = False
         self._watcher: threading.Thread | None = None
+        self._budget_actor: Any = None  # max_records shared by several source actors
+        self._budget_name = ""
 
     @property
     def tasks(self) -> list[RayTask]:
@@ -56,6 +60,7 @@ class RayBackend(TaskBackend):
                     for name, host in job.services.items()}
         handles: dict[int, list[Any]] = {}
         made: dict[tuple[int, int], RayTask] = {}
+        bounds = self._bounds(plan, job)
         for chain in reversed(plan.chains):  # consumers first: producers get their handles
             outputs = [handles[edge.dst] for edge in chain.outputs]
             handles[chain.id] = []
@@ -66,7 +71,7 @@ class RayBackend(TaskBackend):
                 actor = RemoteChainActor.options(
                     name=name, namespace=NAMESPACE, **actor_options(remote_args, index, spread),
                 ).remote(payloads[(chain.id, index)], chain.task_name(index), chain.labels[0], index,
-                         job.job_name, job.env_name, services, outputs)
+                         job.job_name, job.env_name, services, outputs, bounds if chain.is_source else None)
                 handles[chain.id].append(actor)
                 made[(chain.id, index)] = task = RayTask(chain, index, actor, name)
                 with table.lock:
@@ -87,6 +92,17 @@ class RayBackend(TaskBackend):
                         task.actor.stop.remote()
         watcher = TaskWatcher(table, job, self._release)
         self._watcher = spawn(watcher.watch, f"sage:{job.job_name}:ray-tasks", job.output)
+
+    def _bounds(self, plan: Plan, job: JobRuntime) -> BoundsSpec | None:
+        """The sources' limits; several source actors share one budget actor."""
+        if not job.limits.bounded:
+            return None
+        sources = sum(c.parallelism for c in plan.chains if c.is_source)
+        if job.limits.max_records is not None and sources > 1:
+            self._budget_name = actor_name(job.job_id, "budget")
+            self._budget_actor = RemoteBudgetActor.options(name=self._budget_name, namespace=NAMESPACE).remote(
+                job.limits.max_records)
+        return BoundsSpec(job.limits, sources, self._budget_actor)
 
     def _await_placement(self, tasks: list[RayTask], job: JobRuntime) -> None:
         """Wait until every actor is placed and up (its node known), at most
@@ -143,22 +159,35 @@ class RayBackend(TaskBackend):
         table = self.table
         tasks = table.snapshot()
         if not tasks:
-            return []
+            return self._kill_budget(timeout)
         if all(t.run_ref is not None for t in tasks):  # else launch failed half way
             table.all_ended.wait(timeout)
         with table.lock:
             table.killing = True
         for task in tasks:
             kill_actor(task.actor)  # again if _release did: harmless, and covers a race with it
-        left = set(wait_dead([t.actor_name for t in tasks], max(0.5, deadline - time.monotonic())))
+        if self._budget_actor is not None:
+            kill_actor(self._budget_actor)
+        left = set(wait_dead([t.actor_name for t in tasks] + [self._budget_name],
+                             max(0.5, deadline - time.monotonic())))
         watcher = self._watcher
         if watcher is not None and watcher is not threading.current_thread():
             watcher.join(max(0.1, deadline - time.monotonic()))
         _read_stale_polls(tasks)
-        return [t.name for t in tasks if t.actor_name in left]
+        return [t.name for t in tasks if t.actor_name in left] + \
+            (["record budget"] if self._budget_name in left else [])
+
+    def _kill_budget(self, timeout: float) -> list[str]:
+        if self._budget_actor is None:
+            return []
+        kill_actor(self._budget_actor)
+        return ["record budget"] if wait_dead([self._budget_name], timeout) else []
 
     def task_statuses(self) -> list[TaskStatus]:
         return [s for t in self.table.snapshot() for s in t.statuses()]
+
+    def samples(self) -> list[dict[str, list[Sample]]]:
+        return [t.samples() for t in self.table.snapshot()]
 
 
 def _read_stale_polls(tasks: list[RayTask]) -> None:

@@ -16,6 +16,7 @@ from ..job import TaskState
 from ..operators import ChainRunner, end_targets, make_route
 from ..plan import ChainSpec
 from ..services import error_info
+from .budget import BoundsSpec
 from .capture import capture_output
 from .cluster import where_am_i
 from .links import Link
@@ -34,8 +35,9 @@ class ChainActor:
 
     def __init__(self, payload: bytes, task_name: str, first_label: str, index: int,
                  job_name: str, env_name: str, services: dict[str, Any],
-                 outputs: list[list[Any]]) -> None:
+                 outputs: list[list[Any]], bounds: BoundsSpec | None = None) -> None:
         self._capture = capture_output()
+        self._bounds = bounds  # sources of a bounded run (max_records / max_duration)
         self._payload = payload
         self._task_name = task_name
         self._first_label = first_label
@@ -83,7 +85,8 @@ class ChainActor:
         try:
             chain, index = loads(self._payload)
             self._caller = actor_service_caller(self._service_targets)
-            runner = self._runner = ChainRunner(chain, index, self._make_ctx)
+            bounds = self._bounds.build() if self._bounds is not None else None
+            runner = self._runner = ChainRunner(chain, index, self._make_ctx, bounds)
             # One ordering key per output edge: a stream connected to itself feeds one consumer twice.
             self._links = [[Link(h, f"{self._task_name}>{e}", self) for h in handles]
                            for e, handles in enumerate(self._outputs)]
@@ -107,7 +110,7 @@ class ChainActor:
         self._finished = True
         self._capture.ready.set()  # a waiting poll answers now
         return {"state": state, "error": error, "counters": self._counters(), "failing": failing,
-                "output": output}
+                "output": output, "progress": self._progress()}
 
     def _drive(self, chain: ChainSpec, runner: ChainRunner, routes: list[Any]) -> TaskState:
         stop = self._stop
@@ -133,6 +136,13 @@ class ChainActor:
             return {}
         return {op.label: (op.records_in, op.records_out) for op in list(runner.ops)}
 
+    def _progress(self) -> dict[str, Any]:
+        """Source total, input backlog and peek samples (reprs taken here, a few per poll)."""
+        runner = self._runner
+        return {"total": runner.source_total if runner is not None else None,
+                "queued": self._inbox.queued_records, "input_full": self._inbox.full,
+                "samples": runner.samples() if runner is not None else {}}
+
     # ---- control -----------------------------------------------------------------------
 
     @ray.method(concurrency_group="poll")
@@ -140,7 +150,7 @@ class ChainActor:
         """Counters and captured output; waits up to `POLL_WAIT_S` for output to show up."""
         if not self._finished and self._capture.ready.wait(POLL_WAIT_S) and not self._finished:
             time.sleep(OUTPUT_COALESCE_S)  # gather a burst of prints into one answer
-        return {"counters": self._counters(), "output": self._capture.drain()}
+        return {"counters": self._counters(), "output": self._capture.drain(), "progress": self._progress()}
 
     @ray.method(concurrency_group="control")
     def where(self) -> tuple[str, str]:

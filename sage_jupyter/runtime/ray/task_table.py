@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from ..backend import chain_statuses
 from ..job import ErrorInfo, TaskState, TaskStatus
+from ..peek import Sample
 from ..plan import ChainSpec
 
 CallKind = Literal["run", "poll"]
@@ -30,13 +31,22 @@ class RayTask:
         self.error: ErrorInfo | None = None
         self.failing: str | None = None
         self.counters: dict[str, tuple[int, int]] = {}
+        # From the actor's polls: source total, input backlog, peek samples (ChainActor._progress).
+        self.progress: dict[str, Any] = {}
         self.run_ref: Any = None
         self.poll_ref: Any = None
         self.ended = False
 
     def statuses(self) -> list[TaskStatus]:
+        progress = self.progress
         return chain_statuses(self.chain, self.index, self.state, self.counters, self.error, self.failing,
-                              self.actor_id or "ray", self.node, self.node_label)
+                              self.actor_id or "ray", self.node, self.node_label, total=progress.get("total"),
+                              queued=progress.get("queued", 0) if not self.ended else 0,
+                              input_full=bool(progress.get("input_full")) and not self.ended)
+
+    def samples(self) -> dict[str, list[Sample]]:
+        samples: dict[str, list[Sample]] = self.progress.get("samples", {})
+        return samples
 
 
 class TaskTable:

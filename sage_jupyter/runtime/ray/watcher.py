@@ -60,6 +60,7 @@ class TaskWatcher:
         except Exception:  # noqa: BLE001 - the actor died; its run() result says how
             return
         task.counters = answer["counters"]
+        task.progress = answer.get("progress") or task.progress
         deliver_output(answer["output"], self.job.output)
         table = self.table
         with table.lock:
@@ -75,6 +76,7 @@ class TaskWatcher:
             result = ray.get(ref)
             state, error = result["state"], result["error"]
             task.counters = result["counters"] or task.counters
+            task.progress = result.get("progress") or task.progress
             task.failing = result["failing"]
             deliver_output(result["output"], self.job.output)
         except RayActorError as exc:
