@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import threading
+from html import escape
 import time
 from typing import Any, Callable
 
@@ -14,9 +15,9 @@ from sage_jupyter.runtime.handle import JobHandle
 from sage_jupyter.runtime.job import JobStatus
 
 
-def row(html: str, stage: str) -> str:
+def row(page: str, stage: str) -> str:
     """The progress row of one stage in the widget's HTML."""
-    match = re.search(rf'<tr class="sage-stage-progress" data-stage="{re.escape(stage)}">(.*?)</tr>', html)
+    match = re.search(rf'<tr class="sage-stage-progress" data-stage="{re.escape(escape(stage))}">(.*?)</tr>', page)
     assert match, f"no progress row for {stage}"
     return match.group(1)
 
@@ -168,3 +169,13 @@ def test_the_widget_renders_the_snapshot_it_was_pushed(no_thread_leak):
     # one status() in the constructor, then one per update that had no pushed snapshot: never both
     assert handle.status_calls == 1 + len(polled)
     assert len(polled) < len(shown) and "FINISHED" in widget.html.value
+
+
+def test_a_source_of_unknown_length_shows_a_count_without_n(no_thread_leak):
+    env = LocalEnvironment("generated")
+    env.from_batch(x for x in range(50)).map(lambda x: x).sink(lambda x: None)  # a generator has no len()
+    handle = env.submit(autostop=True)
+    final = JobWidget(handle)._repr_mimebundle_()["text/html"]
+    for stage in ("source:<genexpr>", "map:lambda"):
+        assert " of " not in row(final, stage) and "sage-progress" not in row(final, stage)
+        assert ">50<" in row(final, stage)

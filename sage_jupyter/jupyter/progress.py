@@ -10,6 +10,7 @@ channel is full (`TaskStatus.input_full`: its upstream waits for it).
 from __future__ import annotations
 
 import collections
+import threading
 from dataclasses import dataclass
 
 from ..runtime.job import JobStatus, StageInfo, TaskStatus
@@ -67,15 +68,22 @@ def stage_totals(s: JobStatus) -> dict[str, int | None]:
 
 class ProgressTracker:
     """Keeps the last minute of each stage's counts (one per second) to give rates, ETAs
-    and sparklines. Fed by the widget's updater, one snapshot at a time."""
+    and sparklines. Fed by the widget's updater, one snapshot at a time; read also by the
+    main thread (the display's static fallback), hence the lock."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self._samples: dict[str, collections.deque[tuple[float, int]]] = {}
         self._recent: dict[str, collections.deque[tuple[float, int]]] = {}
 
     def update(self, s: JobStatus) -> list[StageProgress]:
         """Take a new snapshot into account and return the progress of every stage."""
         now = s.taken_at
+        with self._lock:
+            self._sample(s, now)
+        return self.rows(s)
+
+    def _sample(self, s: JobStatus, now: float) -> None:
         for stage, done in self._counts(s).items():
             samples = self._samples.setdefault(stage, collections.deque())
             if not samples or now - samples[-1][0] >= SAMPLE_S:
@@ -86,34 +94,31 @@ class ProgressTracker:
             recent.append((now, done))
             while len(recent) > 2 and now - recent[1][0] >= RATE_WINDOW_S:
                 recent.popleft()
-        return self.rows(s)
 
     def rows(self, s: JobStatus) -> list[StageProgress]:
         """The progress of every stage from what was seen so far (no new sample)."""
         totals = stage_totals(s)
         out = []
-        for st in s.stages:
-            tasks = [t for t in s.tasks if t.stage == st.name]
-            done = stage_done(st, tasks)
-            total = totals.get(st.name)
-            rate = self._average(s).get(st.name) if s.state.terminal else self._rate(st.name)
-            eta = None
-            if total is not None and rate and not s.state.terminal:
-                eta = max(0, total - done) / rate
-            out.append(StageProgress(st.name, done, total, rate, eta, sum(t.queued for t in tasks),
-                                     any(t.input_full for t in tasks), self._history(st.name)))
+        with self._lock:
+            for st in s.stages:
+                out.append(self._row(s, st, totals.get(st.name)))
         return out
+
+    def _row(self, s: JobStatus, st: StageInfo, total: int | None) -> StageProgress:
+        tasks = [t for t in s.tasks if t.stage == st.name]
+        done = stage_done(st, tasks)
+        ended = s.state.terminal
+        if ended:  # a final rate is an average over the whole run
+            rate = done / s.elapsed_s if s.elapsed_s > 0 else None
+        else:
+            rate = self._rate(st.name)
+        eta = max(0, total - done) / rate if total is not None and rate and not ended else None
+        return StageProgress(st.name, done, total, rate, eta, sum(t.queued for t in tasks),
+                             any(t.input_full for t in tasks), self._history(st.name))
 
     @staticmethod
     def _counts(s: JobStatus) -> dict[str, int]:
         return {st.name: stage_done(st, [t for t in s.tasks if t.stage == st.name]) for st in s.stages}
-
-    @staticmethod
-    def _average(s: JobStatus) -> dict[str, float]:
-        elapsed = s.elapsed_s
-        if elapsed <= 0:
-            return {}
-        return {stage: n / elapsed for stage, n in ProgressTracker._counts(s).items()}
 
     def _rate(self, stage: str) -> float | None:
         recent = self._recent.get(stage)
