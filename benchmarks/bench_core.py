@@ -86,7 +86,7 @@ def throughput(n: int) -> dict:
     }
 
 
-def peek_cost(n: int, runs: int = 11) -> dict:
+def peek_cost(n: int, runs: int = 21) -> dict:
     """The throughput pipeline with peek sampling on, as a fraction of the same pipeline with
     sampling switched off (the runtime's internal switch), best of `runs`, interleaved so load
     changes hit both alike; chained (one task) and with parallelism 2 (channels in between).

@@ -14,7 +14,7 @@ from sage_jupyter import JobState, LocalEnvironment, SourceFunction
 from sage_jupyter.jobmanager.protocol import ProtocolError, parse_options
 from sage_jupyter.runtime.job import TaskState
 from tests.pipelines import Collector, Recorder, Ticks
-from tests.ray_pipelines import FileSink, Journal, journal, live_actors, read_sinks
+from tests.ray_pipelines import FileSink, Journal, SlowSink, journal, live_actors, read_sinks, wait_for
 
 
 class Count(SourceFunction):
@@ -165,6 +165,23 @@ class TestRay:
         # the actor's last samples came with its end: peek shows the last records
         assert job.peek("sink:FileSink", n=2) == {"sink:FileSink": [repr(r) for r in records[-2:]]}
         assert live_actors(job) == []
+
+    def test_backlog_total_and_live_peek_come_with_the_actors_polls(self, tmp_path):
+        env = LocalEnvironment("ray-backlog", backend="ray")
+        env.from_batch(range(40_000)).sink(SlowSink, 10_000, parallelism=2)  # 3 actors, an inbox per sink
+        job = env.submit(autostop=True, block=False)
+
+        def sinks():
+            return [t for t in job.status().tasks if t.stage == "sink:SlowSink"]
+
+        wait_for(lambda: any(t.input_full and t.queued > 0 for t in sinks()), what="a full sink inbox")
+        assert job.status().task("source:range").total == 40_000
+        live = job.peek("source:range", n=3)["source:range"]
+        assert len(live) == 3 and all(0 <= int(x) < 40_000 for x in live)
+        assert job.wait(120) is JobState.FINISHED
+        assert sum(t.records_in for t in sinks()) == 40_000
+        assert all(t.queued == 0 and not t.input_full for t in sinks())
+        assert job.peek("source:range", n=1) == {"source:range": ["39999"]}
 
 
 # ---- through a JobManager ---------------------------------------------------------------

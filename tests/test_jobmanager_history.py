@@ -49,6 +49,8 @@ def test_a_restarted_daemon_lists_past_jobs_and_fails_the_ones_it_was_running(tm
         past = env.attach(running.job_id)
         assert past.state is JobState.FAILED and past.stop() is JobState.FAILED
         assert env.attach(done.job_id).wait(timeout=5) is JobState.FINISHED
+        # its stages are known, its records went with the old process
+        assert env.attach(done.job_id).peek() == {"source:list": [], "sink:lambda": []}
     finally:
         assert daemon.stop() == 0
     assert (state / "jobmanager.sqlite3").exists()  # a state dir it was given is the caller's to keep

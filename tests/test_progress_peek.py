@@ -224,3 +224,16 @@ def test_status_dict_carries_total_and_backlog():
     assert wire["tasks"][0]["total"] == 10
     assert {"queued", "input_full"} <= set(wire["tasks"][0])
     assert type(status).from_dict(wire).tasks == status.tasks
+
+
+def test_peek_keeps_big_records_as_reprs_not_themselves():
+    megabyte = [bytes([i]) * 2**20 for i in range(3)]
+    job, _ = finished_job(megabyte, lambda b: b)
+    shown = job.peek("sink:Collector")["sink:Collector"]
+    assert [s[:10] for s in shown] == ["b'\\x00\\x00", "b'\\x01\\x01", "b'\\x02\\x02"]
+    assert all(len(s) == 200 and type(s) is str for s in shown)
+    recent = peek.RecentRecords()
+    for i in range(1000):
+        recent.keep([i] * (i % 13 + 1))  # tails of every length: fewer than 2 x PEEK_KEEP kept
+        assert sum(len(tail) for _, tail in recent._ring) < 2 * peek.PEEK_KEEP
+    assert [text for _, text in recent.samples()] == ["999"] * peek.PEEK_KEEP

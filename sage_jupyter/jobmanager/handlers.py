@@ -17,6 +17,7 @@ import tornado.web
 from . import protocol
 from .manager import WAIT_CONDITIONS, JobManager, JobRecord
 from ..runtime.output import PAGE_CHARS
+from ..runtime.peek import check_peek_args, merge_samples
 from .protocol import API_PREFIX, ProtocolError
 
 log = logging.getLogger("sage_jupyter.jobmanager")
@@ -245,9 +246,13 @@ class PeekHandler(ApiHandler):
         self.no_body()
         n = self.number("n", 5, 0, 10_000, int)
         stage = self.get_query_argument("stage", None)
-        rec = self.manager.record(job_id)
         try:
-            peeked = rec.dispatcher.peek(stage, n)
+            if job_id in self.manager.jobs:
+                peeked = self.manager.record(job_id).dispatcher.peek(stage, n)
+            else:  # ended before the daemon restarted: its stages are known, its records are not
+                labels = [s["name"] for s in self.manager.status_reply(job_id)["status"].get("stages", ())]
+                check_peek_args(stage, n, labels)
+                peeked = merge_samples(labels, [], stage, n)
         except KeyError as exc:
             raise ProtocolError(404, "unknown_stage", str(exc.args[0])) from None
         self.reply({"job_id": job_id, "peek": peeked})

@@ -3,12 +3,14 @@
 Each operator keeps a small ring of references to the tails of its latest batches, with the
 time each batch passed. That costs a slice and an append per batch (not per record); reprs
 are taken only when someone peeks (threads) or when an actor answers a status poll (Ray).
-Memory is bounded: at most `PEEK_KEEP` batch tails of at most `PEEK_KEEP` records each.
+Memory is bounded: fewer than 2 x `PEEK_KEEP` records per operator instance, and a big record
+(over `BIG_RECORD_BYTES`, judged by the last of its batch) is kept as its repr, not itself.
 """
 
 from __future__ import annotations
 
 import reprlib
+import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -16,6 +18,7 @@ from typing import Any
 
 PEEK_KEEP = 10  # newest records kept per operator instance; peek(n) returns at most this many
 REPR_LIMIT = 200  # characters of one record's repr
+BIG_RECORD_BYTES = 64 * 2**10  # records bigger than this are kept as reprs (a 1 MB record is not held)
 # The internal switch benchmarks flip to measure what sampling costs (bench_core "peek on vs off").
 SAMPLING = True
 
@@ -39,17 +42,38 @@ def short_repr(record: Any) -> str:
     return text if len(text) <= REPR_LIMIT else text[: REPR_LIMIT - 1] + "\u2026"
 
 
+class Shown(str):
+    """A record kept as its repr already (it was big)."""
+
+    __slots__ = ()
+
+
+_getsizeof = sys.getsizeof
+_now = time.time
+
+
 class RecentRecords:
     """One operator instance's ring of recent batch tails. `keep(batch)` runs on the task's
     thread; `samples()` may run on any other (it copies the ring first)."""
 
-    __slots__ = ("_ring",)
+    __slots__ = ("_kept", "_ring")
 
     def __init__(self) -> None:
-        self._ring: deque[tuple[float, list[Any]]] = deque(maxlen=PEEK_KEEP)
+        self._ring: deque[tuple[float, list[Any]]] = deque()
+        self._kept = 0  # records in the ring
 
     def keep(self, batch: list[Any]) -> None:
-        self._ring.append((time.time(), batch[-PEEK_KEEP:]))
+        tail = batch[-PEEK_KEEP:]
+        if not tail:
+            return
+        if _getsizeof(tail[-1]) > BIG_RECORD_BYTES:
+            tail = [Shown(short_repr(record)) for record in tail]
+        ring = self._ring
+        ring.append((_now(), tail))
+        kept = self._kept + len(tail)
+        while kept - len(ring[0][1]) >= PEEK_KEEP:  # the newer tails hold PEEK_KEEP already
+            kept -= len(ring.popleft()[1])
+        self._kept = kept
 
     def samples(self) -> list[Sample]:
         """The newest records, oldest first, as (time, repr)."""
@@ -69,7 +93,8 @@ class RecentRecords:
                     break
             if len(out) == PEEK_KEEP:
                 break
-        return [(t, short_repr(record)) for t, record in reversed(out)]
+        return [(t, str.__str__(record) if type(record) is Shown else short_repr(record))
+                for t, record in reversed(out)]
 
 
 def check_peek_args(stage: Any, n: Any, labels: Sequence[str]) -> None:
