@@ -152,6 +152,15 @@ class TestRay:
         assert job.status().task("source:range").total == 50
         assert live_actors(job) == []  # the task actors and the budget actor are gone
 
+    def test_without_autostop_the_budget_actor_goes_with_the_tasks(self, tmp_path):
+        env = LocalEnvironment("ray-budget-keep", backend="ray")
+        env.from_source(Count).connect(env.from_source(Count, 10**6)).sink(FileSink, str(tmp_path))
+        job = env.submit(autostop=False, block=False, max_records=500)
+        assert job.wait(120) is JobState.RUNNING  # its tasks ended; a job without autostop waits for stop()
+        assert len(read_sinks(tmp_path)[0]) == 500
+        wait_for(lambda: live_actors(job) == [], what="the task and budget actors gone before stop()")
+        assert job.stop() is JobState.STOPPED
+
     def test_max_duration_on_ray_finishes_and_cleans_the_service(self, tmp_path):
         log = tmp_path / "journal"
         env = LocalEnvironment("ray-duration", backend="ray")

@@ -112,9 +112,10 @@ class JobHandle:
     def peek(self, stage: str | None = None, n: int = 5) -> dict[str, list[str]]:
         """The newest records (at most `n`, newest last, as reprs cut at 200 characters) that
         each stage emitted, by stage label as in `TaskStatus.stage`; sinks: the records they
-        received. With `stage`, only that stage. Sampled per batch, so a stage shows at most
-        the last 10 records it handled. Raises `KeyError` (naming the stages) for an unknown
-        `stage` and `ValueError` for an `n` that is not an integer >= 0."""
+        received. With `stage`, only that stage. At most the 10 newest are kept per instance;
+        the newest are exact, a fast stream's older ones sampled (see runtime/peek.py).
+        Raises `KeyError` (naming the stages) for an unknown `stage` and `ValueError` for an
+        `n` that is not an integer >= 0."""
         return self._dispatcher.peek(stage, n)
 
     def __repr__(self) -> str:

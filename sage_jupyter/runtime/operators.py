@@ -217,9 +217,9 @@ class ChainRunner:
             out = run(batch)
             if recent is not None:
                 if out:
-                    recent.keep(out)
+                    recent.offer(out)
                 elif out is None:  # a sink: what it received
-                    recent.keep(batch)
+                    recent.offer(batch)
             if not out:
                 self.current = None
                 return None
@@ -275,7 +275,7 @@ class ChainRunner:
             if batch:
                 src.records_out += len(batch)
                 if recent is not None:
-                    recent.keep(batch)
+                    recent.offer(batch)
                 out = self.process(batch)
                 if out:
                     emit(out)

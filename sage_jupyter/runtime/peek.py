@@ -1,10 +1,13 @@
 """Peek: the newest records each stage emitted (sinks: received), as short reprs.
 
-Each operator keeps a small ring of references to the tails of its latest batches, with the
-time each batch passed. That costs a slice and an append per batch (not per record); reprs
-are taken only when someone peeks (threads) or when an actor answers a status poll (Ray).
-Memory is bounded: fewer than 2 x `PEEK_KEEP` records per operator instance, and a big record
-(over `BIG_RECORD_BYTES`, judged by the last of its batch) is kept as its repr, not itself.
+Each operator notes its latest batch (a reference and a time: two stores per batch) and, at
+most every `SAMPLE_EVERY_S`, keeps the tail of a batch in a small ring. Peek reads the ring
+plus the latest batch, so the newest records are always exact and, on a fast stream, older
+ones are sampled.
+Reprs are taken only when someone peeks (threads) or when an actor answers a status poll
+(Ray). Memory is bounded: the latest batch (at most `MAX_BATCH` records and about 2 MB) and
+fewer than 2 x `PEEK_KEEP` records in the ring, where a big record (over `BIG_RECORD_BYTES`,
+judged by the last of its batch) is kept as its repr, not itself.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ from typing import Any
 
 PEEK_KEEP = 10  # newest records kept per operator instance; peek(n) returns at most this many
 REPR_LIMIT = 200  # characters of one record's repr
+# The ring takes a batch's tail at most this often: every batch of an operator that sees at most
+# 1,000 batches a second (any source taking >= 1 ms a record), one in a few of a faster one, so
+# the ring costs at most ~0.1 % of a core whatever the rate.
+SAMPLE_EVERY_S = 0.001
 BIG_RECORD_BYTES = 64 * 2**10  # records bigger than this are kept as reprs (a 1 MB record is not held)
 # The internal switch benchmarks flip to measure what sampling costs (bench_core "peek on vs off").
 SAMPLING = True
@@ -53,23 +60,35 @@ _now = time.time
 
 
 class RecentRecords:
-    """One operator instance's ring of recent batch tails. `keep(batch)` runs on the task's
-    thread; `samples()` may run on any other (it copies the ring first)."""
+    """One operator instance's recent records. `offer(batch)` runs on the task's thread for
+    every batch; `samples()` may run on any other (it copies what it reads first)."""
 
-    __slots__ = ("_kept", "_ring")
+    __slots__ = ("_kept", "_ring", "last", "last_at", "next_at")
 
     def __init__(self) -> None:
         self._ring: deque[tuple[float, list[Any]]] = deque()
         self._kept = 0  # records in the ring
+        self.last: list[Any] | None = None  # the latest batch, and when it passed
+        self.last_at = 0.0
+        self.next_at = 0.0  # when the ring takes a tail again
 
-    def keep(self, batch: list[Any]) -> None:
+    def offer(self, batch: list[Any]) -> None:
+        """The hot path: note the batch; keep its tail when the sampling period passed."""
+        now = _now()
+        self.last = batch
+        self.last_at = now
+        if now >= self.next_at:
+            self.next_at = now + SAMPLE_EVERY_S
+            self.keep(batch, now)
+
+    def keep(self, batch: list[Any], now: float) -> None:
         tail = batch[-PEEK_KEEP:]
         if not tail:
             return
         if _getsizeof(tail[-1]) > BIG_RECORD_BYTES:
             tail = [Shown(short_repr(record)) for record in tail]
         ring = self._ring
-        ring.append((_now(), tail))
+        ring.append((now, tail))
         kept = self._kept + len(tail)
         while kept - len(ring[0][1]) >= PEEK_KEEP:  # the newer tails hold PEEK_KEEP already
             kept -= len(ring.popleft()[1])
@@ -77,6 +96,7 @@ class RecentRecords:
 
     def samples(self) -> list[Sample]:
         """The newest records, oldest first, as (time, repr)."""
+        last, last_at = self.last, self.last_at
         for _ in range(3):
             try:
                 ring = list(self._ring)
@@ -84,7 +104,9 @@ class RecentRecords:
             except RuntimeError:  # mutated while copied: try again
                 continue
         else:
-            return []
+            ring = []
+        if last and (not ring or ring[-1][0] < last_at):  # the latest batch was not sampled
+            ring.append((last_at, last[-PEEK_KEEP:]))
         out: list[tuple[float, Any]] = []
         for t, tail in reversed(ring):
             for record in reversed(tail):

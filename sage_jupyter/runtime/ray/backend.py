@@ -131,6 +131,8 @@ class RayBackend(TaskBackend):
         its services up (no autostop), so they go now; `join` confirms their death."""
         for task in self.table.start_killing() or []:
             kill_actor(task.actor)
+        if self._budget_actor is not None:  # the sources are done with it
+            kill_actor(self._budget_actor)
 
     # ---- stopping ----------------------------------------------------------------------
 
