@@ -5,8 +5,13 @@
     median cell round trip of each, and the difference (target: under 50 ms added).
 (b) a 1,000,000-record pipeline under the magic: widget comm update messages per second
     of the job's run (target: about 10 per second at most).
+(c) Stop while another cell runs (`time.sleep(S)`): seconds from the stop request to the
+    job's `ended_at`, sent as JupyterLab sends it, on a kernel subshell, (1) over a
+    "sage_jupyter" comm the frontend opened (the sidebar's, and the widget's Stop through
+    the labextension; target: under 2 s) and (2) as a click on the widget's own Button comm,
+    which ipykernel routes to the busy main shell (it waits for the cell).
 
-Usage: python benchmarks/bench_notebook.py [--repeat N] [--records N] [--json]
+Usage: python benchmarks/bench_notebook.py [--repeat N] [--records N] [--sleep S] [--json]
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import queue
 import statistics
 import threading
 import time
+import uuid
 from typing import Any
 
 from jupyter_client import KernelManager
@@ -92,6 +98,26 @@ class Client:
         return "".join(m["content"]["text"] for m in list(self.messages)
                        if m["msg_type"] == "stream" and m["parent_header"].get("msg_id") == msg_id).strip()
 
+    def send(self, msg_type: str, content: dict[str, Any], subshell_id: str | None = None) -> str:
+        """Send a shell message without waiting (on a subshell, as JupyterLab sends comms)."""
+        msg = self.kc.session.msg(msg_type, content)
+        if subshell_id is not None:
+            msg["header"]["subshell_id"] = subshell_id
+        self.kc.shell_channel.send(msg)
+        return str(msg["header"]["msg_id"])
+
+    def subshell(self) -> str:
+        msg = self.kc.session.msg("create_subshell_request", {})
+        self.kc.control_channel.send(msg)
+        while True:
+            reply = self.kc.get_control_msg(timeout=30)
+            if reply["parent_header"].get("msg_id") == msg["header"]["msg_id"]:
+                return str(reply["content"]["subshell_id"])
+
+    def wait_reply(self, msg_id: str, timeout: float = 300) -> None:
+        while self.kc.get_shell_msg(timeout=timeout)["parent_header"].get("msg_id") != msg_id:
+            pass
+
     def close(self) -> None:
         self._stop.set()
         self.kc.stop_channels()
@@ -125,16 +151,65 @@ def update_rate(client: Client, records: int) -> dict[str, float]:
             "widget_updates_target_per_s": 10}
 
 
+UNBOUNDED = '''%%sage_pipeline {name} -o {name}
+import time
+from sage_jupyter import SourceFunction
+class Ticks(SourceFunction):
+    def execute(self):
+        time.sleep(0.01)
+        return 1
+env.from_source(Ticks).sink(lambda x: None)
+'''
+
+
+def _stop_while_busy(client: Client, name: str, sleep: float, stop: Any) -> float:
+    """Start an unbounded job, run `time.sleep(sleep)`, call `stop(job_id)` once the sleeping
+    cell runs; seconds from the request to the job's ended_at (read after the sleep)."""
+    client.run(UNBOUNDED.format(name=name))
+    job_id = client.value(f"{name}.job_id")
+    sleeping = client.send("execute_request", {"code": f"time.sleep({sleep})", "silent": False})
+    while not any(m["msg_type"] == "status" and m["content"]["execution_state"] == "busy"
+                  and m["parent_header"].get("msg_id") == sleeping for m in list(client.messages)):
+        time.sleep(0.01)
+    asked = time.time()
+    stop(job_id)
+    client.wait_reply(sleeping)
+    return float(client.value(f"{name}.status().ended_at")) - asked
+
+
+def busy_stop(client: Client, sleep: float) -> dict[str, float]:
+    subshell = client.subshell()
+    comm_id = uuid.uuid4().hex
+    client.send("comm_open", {"comm_id": comm_id, "target_name": "sage_jupyter", "data": {}}, subshell)
+
+    def over_sage_comm(job_id: str) -> None:
+        client.send("comm_msg", {"comm_id": comm_id, "data": {"action": "stop", "job_id": job_id}}, subshell)
+
+    def click_widget(job_id: str) -> None:
+        button = next(m["content"]["comm_id"] for m in list(client.messages) if m["msg_type"] == "comm_msg"
+                      and f"sage-stop-job-{job_id}" in m["content"]["data"].get("state", {}).get("_dom_classes", []))
+        client.send("comm_msg", {"comm_id": button, "data": {"method": "custom", "content": {"event": "click"}}},
+                    subshell)
+
+    client.run("import time")
+    fast = _stop_while_busy(client, "busy_a", sleep, over_sage_comm)
+    widget = _stop_while_busy(client, "busy_b", sleep, click_widget)
+    return {"busy_cell_sleep_s": sleep, "busy_stop_sage_comm_s": round(fast, 3),
+            "busy_stop_sage_comm_target_s": 2, "busy_stop_widget_comm_s": round(widget, 3)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=20, help="cells measured per variant")
     parser.add_argument("--records", type=int, default=1_000_000, help="records of the big pipeline")
+    parser.add_argument("--sleep", type=float, default=5.0, help="seconds the busy cell of (c) sleeps")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     client = Client()
     try:
         client.run(SETUP)
-        results = {**overhead(client, args.repeat), **update_rate(client, args.records)}
+        results = {**overhead(client, args.repeat), **update_rate(client, args.records),
+                   **busy_stop(client, args.sleep)}
     finally:
         client.close()
     if args.json:

@@ -68,6 +68,28 @@ def parse(x):
 
 env.from_batch(range(5)).map(parse).sink(lambda x: None)""",
 ]
+# Stop while another cell sleeps: one job stopped by its widget's button, one by the sidebar.
+BUSY_CELLS = [
+    "%load_ext sage_jupyter",
+    """%%sage_pipeline by_widget -o by_widget
+import time
+from sage_jupyter import SourceFunction
+
+class Ticks(SourceFunction):
+    def execute(self):
+        time.sleep(0.01)
+        return 1
+
+env.from_source(Ticks).sink(lambda x: None)""",
+    """%%sage_pipeline by_sidebar -o by_sidebar
+env.from_source(Ticks).sink(lambda x: None)""",
+    """time.sleep(30)
+slept_until = time.time()""",
+    """print("ended", by_widget.state.value, by_widget.status().ended_at,
+      by_sidebar.state.value, by_sidebar.status().ended_at, slept_until)""",
+]
+BUSY_NB7_CELLS = [BUSY_CELLS[0], BUSY_CELLS[1], "time.sleep(15)\nslept_until = time.time()",
+                  'print("ended", by_widget.state.value, by_widget.status().ended_at, slept_until)']
 NB7_CELLS = [
     "%load_ext sage_jupyter",
     """%%sage_pipeline quick --autostop --wait
@@ -125,6 +147,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     root = tmp_path_factory.mktemp("lab_root")
     (root / "sidebar.ipynb").write_text(json.dumps(_notebook(CELLS)))
     (root / "nb7.ipynb").write_text(json.dumps(_notebook(NB7_CELLS)))
+    (root / "busy.ipynb").write_text(json.dumps(_notebook(BUSY_CELLS)))
+    (root / "busy7.ipynb").write_text(json.dumps(_notebook(BUSY_NB7_CELLS)))
     home = tmp_path_factory.mktemp("lab_home")
     # Serve the build of this checkout (the one sage_jupyter is imported from): a data dir of
     # our own comes first on Jupyter's path, ahead of whatever the venv links.
@@ -391,6 +415,86 @@ def test_sidebar_reconnects_after_a_kernel_restart(page: Page, lab: Lab) -> None
     expect(message).to_have_text("No jobs in this kernel yet.")
     expect(kernel_line).to_contain_text("kernel pid")
     assert kernel_line.inner_text().rsplit(" ", 1)[-1] != first_pid
+
+
+def test_widget_stop_and_sidebar_stop_while_another_cell_sleeps(browser: Browser, lab: Lab) -> None:
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context.set_default_timeout(UI_TIMEOUT_MS)
+    page = context.new_page()
+    try:
+        page.goto(f"{lab.url}/lab/tree/busy.ipynb?reset&token={lab.token}")
+        expect(page.locator(".jp-Notebook .jp-Cell")).to_have_count(len(BUSY_CELLS))
+        _wait_kernel_idle(page)
+        sidebar = _open_sidebar(page)
+        for index in range(3):
+            _run_cell(page, index)
+        rows = {name: sidebar.locator(f'li.sage-jp-Job[data-job-name="{name}"]')
+                for name in ("by_widget", "by_sidebar")}
+        for row in rows.values():
+            expect(row).to_have_attribute("data-state", "RUNNING")
+        stop = _cell(page, 1).locator("button.sage-stop")
+        expect(stop).to_be_enabled()
+        expect(_cell(page, 1).locator(".sage-stop-hint")).to_have_text("")  # the fast path is there: no warning
+
+        indicator = page.locator(".jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator")
+        _run_cell(page, 3)
+        expect(indicator).to_have_attribute("data-status", "busy")
+        clicks = {"by_widget": time.time()}
+        stop.click()
+        expect(rows["by_widget"]).to_have_attribute("data-state", "STOPPED")
+        expect(stop).to_be_disabled()
+        clicks["by_sidebar"] = time.time()
+        rows["by_sidebar"].locator("button.sage-jp-Job-stop").click()
+        expect(rows["by_sidebar"]).to_have_attribute("data-state", "STOPPED")
+        assert indicator.get_attribute("data-status") == "busy", "the sleeping cell ended before both jobs stopped"
+
+        expect(indicator).to_have_attribute("data-status", "idle", timeout=60_000)  # the sleep ended
+        expect(stop).to_have_text("Stop")  # the widget's own comm sent no second, late click
+        expect(stop).to_be_disabled()
+        _run_cell(page, 4)
+        output = _cell(page, 4).locator(".jp-OutputArea-output")
+        expect(output).to_contain_text("ended")
+        words = output.inner_text().split()
+        ended = {"by_widget": (words[1], float(words[2])), "by_sidebar": (words[3], float(words[4]))}
+        slept_until = float(words[5])
+        for name, (state, ended_at) in ended.items():
+            assert state == "STOPPED", f"{name}: {state}"
+            assert ended_at < slept_until, f"{name} ended only after the sleeping cell"
+            assert ended_at - clicks[name] < 2.0, f"{name}: STOPPED {ended_at - clicks[name]:.2f} s after the click"
+    finally:
+        for session in lab.api("/api/sessions"):
+            lab.api(f"/api/sessions/{session['id']}", method="DELETE")
+        context.close()
+
+
+def test_notebook7_widget_stop_while_another_cell_sleeps(browser: Browser, lab: Lab) -> None:
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context.set_default_timeout(UI_TIMEOUT_MS)
+    page = context.new_page()
+    try:
+        page.goto(f"{lab.url}/notebooks/busy7.ipynb?token={lab.token}")
+        expect(page.locator(".jp-Notebook .jp-Cell")).to_have_count(len(BUSY_NB7_CELLS))
+        _wait_kernel_idle(page)
+        for index in range(2):
+            _run_cell_until_counted(page, index)
+        stop = _cell(page, 1).locator("button.sage-stop")
+        expect(stop).to_be_enabled()
+        expect(_cell(page, 1).locator(".sage-stop-hint")).to_have_text("")
+        _run_cell(page, 2)
+        expect(_cell(page, 2).locator(".jp-InputPrompt")).to_have_text("[*]:")
+        clicked = time.time()
+        stop.click()
+        expect(_cell(page, 1).locator('.sage-badge[data-state="STOPPED"]').first).to_be_visible()
+        expect(_cell(page, 2).locator(".jp-InputPrompt")).to_have_text("[*]:")  # still sleeping
+        expect(_cell(page, 2).locator(".jp-InputPrompt")).to_have_text("[3]:", timeout=60_000)
+        _run_cell_until_counted(page, 3)
+        words = _cell(page, 3).locator(".jp-OutputArea-output").inner_text().split()
+        assert words[1] == "STOPPED", words
+        assert clicked < float(words[2]) < float(words[3]), "the job ended only after the sleeping cell"
+    finally:
+        for session in lab.api("/api/sessions"):
+            lab.api(f"/api/sessions/{session['id']}", method="DELETE")
+        context.close()
 
 
 WIDGET_CELLS = [

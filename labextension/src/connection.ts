@@ -6,7 +6,11 @@
  * request is a shell message whose busy/idle status would make a busy kernel look idle.
  */
 import { ISessionContext } from '@jupyterlab/apputils';
-import { Kernel, KernelMessage } from '@jupyterlab/services';
+import {
+  CommsOverSubshells,
+  Kernel,
+  KernelMessage
+} from '@jupyterlab/services';
 
 import { IJobList, JobsModel } from './model';
 
@@ -18,11 +22,16 @@ export type Action =
   | { action: 'list' }
   | { action: 'stop'; job_id: string }
   | { action: 'stop_all' }
-  | { action: 'clear_finished' };
+  | { action: 'clear_finished' }
+  | { action: 'kill_orphans'; names?: string[] };
 
 /** Reconnect delays (ms) after a comm was lost: doubling up to the maximum. */
 const RETRY_FIRST = 500;
 const RETRY_MAX = 10000;
+
+/** How long (ms) a comm opened on a subshell may take to answer before the subshell is
+ * deemed to be of a kernel process that is gone. */
+const SUBSHELL_ANSWER_TIMEOUT = 5000;
 
 /** Answers from a restarting kernel's old process to ignore before believing them. */
 const MAX_STALE_ANSWERS = 5;
@@ -34,6 +43,23 @@ const KERNEL_DOWN = new Set([
   'dead',
   'unknown'
 ]);
+
+/**
+ * Whether a new comm of this kernel will be handled on a subshell. The comm learns its
+ * subshell asynchronously: a message sent before `subshellStarted` goes to the main shell.
+ */
+export function onSubshell(kernel: Kernel.IKernelConnection): boolean {
+  return (
+    kernel.supportsSubshells &&
+    kernel.commsOverSubshells !== CommsOverSubshells.Disabled
+  );
+}
+
+/** Resolves once the comm knows its subshell (CommHandler has it; IComm does not say). */
+export function subshellStarted(comm: Kernel.IComm): Promise<void> {
+  const started = (comm as { subshellStarted?: Promise<void> }).subshellStarted;
+  return started ?? Promise.resolve();
+}
 
 export class KernelConnection {
   constructor(readonly model: JobsModel) {}
@@ -63,6 +89,29 @@ export class KernelConnection {
         data as unknown as KernelMessage.ICommMsgMsg['content']['data']
       );
     }
+  }
+
+  /**
+   * Send an action to a given kernel and resolve with its answer: over this comm when it is
+   * the followed kernel's, else over a comm opened for it and closed after the answer. A comm
+   * the frontend opened is handled on a subshell, so this works while a cell runs.
+   */
+  request(kernel: Kernel.IKernelConnection, data: Action): Promise<IJobList> {
+    const comm = this._comm;
+    if (
+      kernel === this._kernel &&
+      comm &&
+      !comm.isDisposed &&
+      this.model.phase === 'connected'
+    ) {
+      return new Promise(resolve => {
+        this._answers.push(resolve);
+        comm.send(
+          data as unknown as KernelMessage.ICommMsgMsg['content']['data']
+        );
+      });
+    }
+    return Private.requestOnce(kernel, data);
   }
 
   dispose(): void {
@@ -170,7 +219,9 @@ export class KernelConnection {
         this._session = msg.header.session;
         answered = true;
         this._retry = RETRY_FIRST;
-        this.model.update(msg.content.data as unknown as IJobList);
+        const list = msg.content.data as unknown as IJobList;
+        this.model.update(list);
+        this._answers.shift()?.(list); // a push may come first: it is a list all the same
       }
     };
     comm.onClose = () => {
@@ -195,12 +246,43 @@ export class KernelConnection {
     if (this.model.phase !== 'connected') {
       this.model.setPhase('connecting');
     }
-    try {
-      comm.open({}); // the kernel answers the opening with the job list, then pushes
-    } catch {
-      this._comm = null;
-      this._later();
-    }
+    const open = () => {
+      if (comm !== this._comm) {
+        return;
+      }
+      try {
+        comm.open({}); // the kernel answers the opening with the job list, then pushes
+      } catch {
+        this._comm = null;
+        this._later();
+        return;
+      }
+      if (onSubshell(kernel)) {
+        this._watchSubshell(comm, () => answered);
+      }
+    };
+    // Opened before the comm knows its subshell, the kernel would answer it from the main
+    // shell, and then route every later message of it there: a Stop would wait for a cell.
+    void kernel.info
+      .then(() => (onSubshell(kernel) ? subshellStarted(comm) : undefined))
+      .then(open, open);
+  }
+
+  /**
+   * A comm opened on a subshell that neither answers nor closes was sent to a subshell of a
+   * kernel process that is gone (a restart that sent no "restarting" keeps the per-target
+   * subshell id): forget that subshell, so the next comm gets one of the new process.
+   */
+  private _watchSubshell(comm: Kernel.IComm, answered: () => boolean): void {
+    window.clearTimeout(this._subshellTimer);
+    this._subshellTimer = window.setTimeout(() => {
+      if (comm === this._comm && !answered()) {
+        comm.commsOverSubshells = CommsOverSubshells.Disabled;
+        this._comm = null;
+        comm.dispose();
+        this._connect();
+      }
+    }, SUBSHELL_ANSWER_TIMEOUT);
   }
 
   /** Try again after a growing delay (the kernel went away under us). */
@@ -212,6 +294,10 @@ export class KernelConnection {
 
   private _drop(): void {
     window.clearTimeout(this._timer);
+    window.clearTimeout(this._subshellTimer);
+    for (const answer of this._answers.splice(0)) {
+      answer({ error: 'the connection to the kernel was lost' });
+    }
     const comm = this._comm;
     this._comm = null;
     this._session = null;
@@ -230,9 +316,68 @@ export class KernelConnection {
   private _kernel: Kernel.IKernelConnection | null = null;
   private _comm: Kernel.IComm | null = null;
   private _timer = 0;
+  private _subshellTimer = 0;
   private _retry = RETRY_FIRST;
   private _oldPid: number | null = null; // the kernel process a restart replaces
   private _staleAnswers = 0;
   private _session: string | null = null; // iopub session id of the process that answered
+  private _answers: ((list: IJobList) => void)[] = []; // requests waiting, in order
   private _executedSinceOpen = false; // a cell ended since the comm was opened
+}
+
+namespace Private {
+  /** How long a one-off request waits for the kernel's answer. */
+  const ANSWER_TIMEOUT = 30000;
+
+  /** Open a comm to `kernel`, send one action, close it after the answer to that action. */
+  export async function requestOnce(
+    kernel: Kernel.IKernelConnection,
+    data: Action
+  ): Promise<IJobList> {
+    let comm: Kernel.IComm;
+    try {
+      comm = kernel.createComm(COMM_TARGET);
+      if (onSubshell(kernel)) {
+        await subshellStarted(comm);
+      }
+    } catch (err) {
+      return { error: `no comm to the kernel: ${err}` };
+    }
+    return new Promise(resolve => {
+      let seen = 0;
+      let done = false;
+      const finish = (list: IJobList) => {
+        if (done) {
+          return;
+        }
+        done = true;
+        window.clearTimeout(timer);
+        resolve(list);
+        if (!comm.isDisposed) {
+          comm.close();
+        }
+      };
+      const timer = window.setTimeout(
+        () => finish({ error: 'the kernel did not answer' }),
+        ANSWER_TIMEOUT
+      );
+      comm.onMsg = msg => {
+        seen += 1;
+        if (seen === 2) {
+          // 1 answers the opening; 2 the action (or a push: a list all the same)
+          finish(msg.content.data as unknown as IJobList);
+        }
+      };
+      comm.onClose = () =>
+        finish({ error: 'sage_jupyter is not loaded in this kernel' });
+      try {
+        comm.open({});
+        comm.send(
+          data as unknown as KernelMessage.ICommMsgMsg['content']['data']
+        );
+      } catch (err) {
+        finish({ error: `the kernel is not reachable: ${err}` });
+      }
+    });
+  }
 }

@@ -1,6 +1,7 @@
 /**
  * sage-jupyter: a left-sidebar panel with the current notebook's sage_jupyter jobs and
- * services. This file only wires the pieces: model, kernel connection, panel, commands.
+ * services, and the job widgets' Stop made to work while a cell runs. This file only wires
+ * the pieces: model, kernel connection, panel, commands, widget Stop.
  */
 import {
   ILayoutRestorer,
@@ -14,6 +15,7 @@ import { addCommands } from './commands';
 import { KernelConnection } from './connection';
 import { JobsModel } from './model';
 import { SageSidebar } from './sidebar';
+import { WidgetStop } from './widgetstop';
 
 export { CommandIDs } from './commands';
 
@@ -61,6 +63,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     notebooks.currentChanged.connect(followCurrent);
     followCurrent();
     addCommands(app, sidebar, palette);
+    new WidgetStop(notebooks, connection); // lives as long as the page
   }
 };
 

@@ -46,9 +46,19 @@ export interface IJobEntry {
   where: string;
 }
 
+/** A Ray actor left behind by a kernel that died (`orphan_actors.Orphan` in the kernel). */
+export interface IOrphanEntry {
+  name: string;
+  host: string;
+  pid: number;
+  job: string;
+  role: string;
+}
+
 /** What the kernel sends: pushes and answers to actions alike. */
 export interface IJobList {
   jobs?: IJobEntry[];
+  orphans?: IOrphanEntry[];
   pid?: number;
   palette?: Record<string, string>;
   error?: string;
@@ -71,6 +81,11 @@ export class JobsModel {
 
   get jobs(): readonly IJobEntry[] {
     return this._jobs;
+  }
+
+  /** Ray actors of dead kernels, as the kernel's last look found them. */
+  get orphans(): readonly IOrphanEntry[] {
+    return this._orphans;
   }
 
   get phase(): Phase {
@@ -103,6 +118,9 @@ export class JobsModel {
     if (list.jobs) {
       this._jobs = list.jobs;
     }
+    if (list.orphans) {
+      this._orphans = list.orphans;
+    }
     if (typeof list.pid === 'number') {
       this._pid = list.pid;
     }
@@ -117,6 +135,7 @@ export class JobsModel {
   setPhase(phase: Phase): void {
     if (phase !== 'connected') {
       this._jobs = [];
+      this._orphans = [];
       this._pid = null;
       this._error = '';
     }
@@ -125,6 +144,7 @@ export class JobsModel {
   }
 
   private _jobs: IJobEntry[] = [];
+  private _orphans: IOrphanEntry[] = [];
   private _phase: Phase = 'no-notebook';
   private _pid: number | null = null;
   private _error = '';

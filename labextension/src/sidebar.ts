@@ -1,13 +1,14 @@
 /**
  * The sidebar panel: the current notebook's kernel's jobs, rendered from the model in the
- * kernel's order (a re-run job keeps its place), with Stop all and Clear finished.
+ * kernel's order (a re-run job keeps its place), with Stop all and Clear finished; below
+ * them, Ray actors left by dead kernels (when the kernel found any), with Kill.
  */
 import { LabIcon } from '@jupyterlab/ui-components';
 import { Widget } from '@lumino/widgets';
 
 import { KernelConnection } from './connection';
 import { button, el, JobRow } from './jobrow';
-import { JobsModel, Phase } from './model';
+import { IOrphanEntry, JobsModel, Phase } from './model';
 
 export const sageIcon = new LabIcon({
   name: 'sage-jupyter:jobs',
@@ -38,7 +39,24 @@ export class SageSidebar extends Widget {
       this.connection.send({ action: 'clear_finished' })
     );
     header.append(this._clear, this._stopAll);
-    this.node.append(header, this._kernelLine, this._message, this._list);
+    this._killAll.title = 'Kill every Ray actor left by a dead kernel';
+    this._killAll.addEventListener('click', () => {
+      this._killAll.disabled = true;
+      this.connection.send({ action: 'kill_orphans' });
+    });
+    const orphansHead = el('div', 'sage-jp-Orphans-head');
+    orphansHead.append(
+      el('h3', 'sage-jp-Orphans-title', 'Left by dead kernels'),
+      this._killAll
+    );
+    this._orphans.append(orphansHead, this._orphanList);
+    this.node.append(
+      header,
+      this._kernelLine,
+      this._message,
+      this._list,
+      this._orphans
+    );
     this.model.changed.connect(this._render, this);
     this._render();
   }
@@ -87,6 +105,39 @@ export class SageSidebar extends Widget {
         this._rows.delete(id);
       }
     }
+    this._renderOrphans(connected ? model.orphans : []);
+  }
+
+  private _renderOrphans(orphans: readonly IOrphanEntry[]): void {
+    this._orphans.hidden = orphans.length === 0;
+    this._killAll.disabled = orphans.length === 0;
+    this._orphanList.replaceChildren(
+      ...orphans.map(orphan => {
+        const item = el('li', 'sage-jp-Orphan');
+        item.dataset.actorName = orphan.name;
+        const kill = button('Kill', 'sage-jp-Orphan-kill');
+        kill.title = 'Kill this Ray actor (its kernel is gone)';
+        kill.addEventListener('click', () => {
+          kill.disabled = true;
+          this.connection.send({
+            action: 'kill_orphans',
+            names: [orphan.name]
+          });
+        });
+        const what = el(
+          'span',
+          'sage-jp-Orphan-name',
+          `${orphan.job} · ${orphan.role}`
+        );
+        what.title = orphan.name;
+        item.append(
+          what,
+          el('span', 'sage-jp-Orphan-pid', `kernel pid ${orphan.pid}`),
+          kill
+        );
+        return item;
+      })
+    );
   }
 
   private _path = '';
@@ -96,6 +147,9 @@ export class SageSidebar extends Widget {
   private _kernelLine = el('div', 'sage-jp-Sidebar-kernel');
   private _message = el('div', 'sage-jp-Sidebar-message');
   private _list = el('ul', 'sage-jp-JobList');
+  private _orphans = el('section', 'sage-jp-Orphans');
+  private _orphanList = el('ul', 'sage-jp-OrphanList');
+  private _killAll = button('Kill all', 'sage-jp-KillOrphans');
 }
 
 function phaseMessage(phase: Phase, jobCount: number): string {

@@ -2,7 +2,8 @@
 
 Load registers the magics, installs the thread-aware stdout/stderr proxy, registers the
 sidebar's comm target and a post-execute hook that saves each ended job's final state
-in its cell's display data. Unload stops every job of this kernel and undoes all of it.
+in its cell's display data; when Ray is there, it prints a line about actors left by dead
+kernels. Unload stops every job of this kernel and undoes all of it.
 Nothing here starts a thread; kernel shutdown is covered by the runtime's `atexit` hook.
 """
 
@@ -12,14 +13,16 @@ import logging
 from typing import Any
 
 from ..runtime import output as routing
-from . import sidebar
+from . import busy_stop, sidebar
 from .jobs import JOBS, SERVICES, adopt_plain_jobs, stop_jobs
 from .magics import SageMagics
+from .orphan_actors import ORPHANS, look_at_load
 
 log = logging.getLogger("sage_jupyter.jupyter")
 UNLOAD_TIMEOUT = 10.0
 
-_MAGIC_NAMES = {"cell": ("sage_pipeline", "sage_service"), "line": ("sage_status", "sage_stop")}
+_MAGIC_NAMES = {"cell": ("sage_pipeline", "sage_service"),
+                "line": ("sage_status", "sage_stop", "sage_services", "sage_orphans")}
 _loaded: dict[int, dict[str, Any]] = {}  # id(shell) -> what load() registered
 
 
@@ -50,6 +53,9 @@ def load(shell: Any) -> None:
     if manager is not None:
         manager.register_target(sidebar.TARGET, sidebar.open_comm)
     _loaded[id(shell)] = {"magics": magics, "comm_manager": manager}
+    line = look_at_load()
+    if line:
+        print(line)
 
 
 def unload(shell: Any) -> None:
@@ -65,6 +71,8 @@ def unload(shell: Any) -> None:
         job.widget.close()
     JOBS.clear()
     SERVICES.clear()
+    ORPHANS.clear()
+    busy_stop.FRONTEND.reset()
     sidebar.FEED.close()
     routing.uninstall()
     try:

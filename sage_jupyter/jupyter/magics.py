@@ -23,6 +23,10 @@
 
 ``%sage_stop NAME`` / ``%sage_stop --all``
     Stop jobs and clean their services.
+
+``%sage_orphans`` / ``%sage_orphans --kill``
+    List the Ray actors left by kernels of this host that died (or kill them). Looks only
+    when this kernel is connected to Ray or `RAY_ADDRESS` is set; never starts a Ray.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from ..runtime.extras import MissingExtraError
 from . import templates
 from .jobs import (JOBS, SERVICES, JobTable, ServiceDef, ServiceTable, TrackedJob, adopt_plain_jobs, service_rows,
                    stop_jobs)
+from .orphan_actors import ORPHANS, NoRay, OrphanTable, orphan_rows
 from .output import JobOutput
 from .widget import JobWidget
 
@@ -350,3 +355,24 @@ class SageMagics(Magics):
         for job in jobs:
             job.widget.wait_final(1.0)
             print(stopped_line(job.name, job.handle, "stopped"))
+
+    # ---- %sage_orphans --------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("--kill", action="store_true", help="kill them (their kernels are gone)")
+    @line_magic
+    def sage_orphans(self, line: str) -> OrphanTable:
+        """List (or `--kill`) the Ray actors left behind by kernels of this host that died."""
+        args = parse_argstring(self.sage_orphans, line)
+        try:
+            found = ORPHANS.look(connect=True)
+        except NoRay as exc:
+            print(f"no Ray to look at: {exc}")
+            return OrphanTable([])
+        if args.kill and found:
+            killed = ORPHANS.kill([o.name for o in found])
+            print(f"killed {len(killed)} orphaned Ray actor{'s' if len(killed) != 1 else ''}: {', '.join(killed)}")
+            found = ORPHANS.found()
+        elif args.kill:
+            print("no orphaned Ray actors to kill")
+        return OrphanTable(orphan_rows(found))

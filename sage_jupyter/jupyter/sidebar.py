@@ -7,11 +7,14 @@ busy/idle status, so the sidebar never makes a busy kernel look idle. The fronte
 only user actions and a "list" when it (re)connects:
 
     {"action": "list"} | {"action": "stop", "job_id": ID} | {"action": "stop_all"}
-    | {"action": "clear_finished"}
+    | {"action": "clear_finished"} | {"action": "kill_orphans", "names"?: [NAME, ...]}
 
-and each is answered with the list ``{"jobs": [...], "pid", "palette"}`` (plus "error"
-when it failed). A job entry carries what the sidebar shows, already worked out
-(`job_entry`), so the frontend computes nothing.
+and each is answered with the list ``{"jobs": [...], "orphans": [...], "pid", "palette"}``
+(plus "error" when it failed). A job entry carries what the sidebar shows, already worked
+out (`job_entry`), so the frontend computes nothing; "orphans" are the Ray actors of dead
+kernels found by the last look (orphan_actors.py). The labextension also sends a job
+widget's Stop click here ("stop"), because a comm it opened is handled on a subshell while
+another cell runs (busy_stop.py).
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ import threading
 from typing import Any
 
 from ..runtime.job import JobStatus
-from . import templates
+from . import busy_stop, templates
 from .jobs import JOBS, TrackedJob, adopt_plain_jobs
+from .orphan_actors import ORPHANS, NoRay
 from .palette import palette_css
 
 TARGET = "sage_jupyter"
@@ -60,7 +64,31 @@ def job_entry(job: TrackedJob, snapshot: JobStatus) -> dict[str, Any]:
 def jobs_payload() -> dict[str, Any]:
     """The kernel's jobs in KernelJobs order, from each job's latest pushed snapshot."""
     jobs = [job_entry(job, job.widget.snapshot) for job in JOBS.all()]
-    return {"jobs": jobs, "pid": os.getpid(), "palette": palette_css()}
+    return {"jobs": jobs, "orphans": ORPHANS.entries(), "pid": os.getpid(), "palette": palette_css()}
+
+
+def _listed(payload: dict[str, Any]) -> str:
+    """What a push compares: the jobs and the orphans shown."""
+    return json.dumps([payload["jobs"], payload["orphans"]], sort_keys=True)
+
+
+def _kill_orphans(data: dict[str, Any]) -> dict[str, Any]:
+    names = data.get("names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        return {"error": "kill_orphans: 'names' must be a list of actor names", **jobs_payload()}
+    try:
+        ORPHANS.kill(names)
+    except NoRay as exc:
+        return {"error": f"kill_orphans: {exc}", **jobs_payload()}
+    return jobs_payload()
+
+
+def _adopt_plain_jobs() -> None:
+    """List plain-API jobs, but only from the main thread: on a subshell this handler runs
+    while a `%%sage_pipeline` cell may be between its submit and listing its job, and would
+    list that job a second time. After each cell the main thread adopts them anyway."""
+    if threading.current_thread() is threading.main_thread():
+        adopt_plain_jobs()
 
 
 def _find(data: dict[str, Any]) -> TrackedJob | None:
@@ -78,7 +106,11 @@ def handle_message(data: Any) -> dict[str, Any]:
         return {"error": "expected a JSON object with an 'action'", **jobs_payload()}
     action = data.get("action")
     if action == "list":
-        adopt_plain_jobs()
+        _adopt_plain_jobs()
+        try:  # a (re)connected sidebar sees the orphans of now, if this kernel has a Ray
+            ORPHANS.look()
+        except NoRay:
+            pass
         return jobs_payload()
     if action == "stop":
         job = _find(data)
@@ -94,8 +126,10 @@ def handle_message(data: Any) -> dict[str, Any]:
     if action == "clear_finished":
         JOBS.clear_finished()
         return jobs_payload()
-    return {"error": f"unknown action {action!r}; use 'list', 'stop', 'stop_all' or 'clear_finished'",
-            **jobs_payload()}
+    if action == "kill_orphans":
+        return _kill_orphans(data)
+    return {"error": f"unknown action {action!r}; use 'list', 'stop', 'stop_all', 'clear_finished' or "
+            "'kill_orphans'", **jobs_payload()}
 
 
 class SidebarFeed:
@@ -160,7 +194,7 @@ class SidebarFeed:
         """Send a reply, remembering it so the next push skips an equal list."""
         comm.send(payload)
         with self._lock:
-            self._last[id(comm)] = json.dumps(payload["jobs"], sort_keys=True)
+            self._last[id(comm)] = _listed(payload)
 
     def _run(self) -> None:
         while not self._closed.is_set():
@@ -177,7 +211,7 @@ class SidebarFeed:
 
     def _push(self) -> None:
         payload = jobs_payload()
-        text = json.dumps(payload["jobs"], sort_keys=True)
+        text = _listed(payload)
         with self._lock:
             comms = [(c, self._contexts.get(id(c))) for c in self._comms if self._last.get(id(c)) != text]
             for comm, _ in comms:
@@ -191,6 +225,7 @@ class SidebarFeed:
 
 FEED = SidebarFeed()
 JOBS.on_change(FEED.wake)
+ORPHANS.on_change(FEED.wake)
 
 
 def open_comm(comm: Any, open_msg: dict[str, Any]) -> None:
@@ -198,6 +233,7 @@ def open_comm(comm: Any, open_msg: dict[str, Any]) -> None:
 
     def on_msg(msg: dict[str, Any]) -> None:
         FEED.note_sender(comm)
+        busy_stop.FRONTEND.note(msg)
         try:
             reply = handle_message(msg["content"]["data"])
         except Exception as exc:  # the sidebar gets the reason, the kernel lives on
@@ -207,7 +243,8 @@ def open_comm(comm: Any, open_msg: dict[str, Any]) -> None:
 
     comm.on_msg(on_msg)
     comm.on_close(lambda _msg: FEED.remove(comm))
-    adopt_plain_jobs()
+    busy_stop.FRONTEND.note(open_msg)
+    _adopt_plain_jobs()
     FEED.add(comm)
     FEED.send(comm, jobs_payload())
 

@@ -20,7 +20,7 @@ import ipywidgets as widgets
 
 from ..runtime.handle import JobHandleLike
 from ..runtime.job import JobStatus
-from . import templates
+from . import busy_stop, templates
 from .output import JobOutput
 from .peek import PeekPanel
 from .progress import ProgressTracker
@@ -69,8 +69,14 @@ class JobWidget:
                                           disabled=snapshot.state.terminal,
                                           layout=widgets.Layout(width="90px"))
         self.stop_button.on_click(self.request_stop)
+        # The labextension sends clicks on these over its own comm (busy_stop.py).
+        self.stop_button.add_class(busy_stop.STOP_CLASS)
+        self.stop_button.add_class(busy_stop.job_class(snapshot.job_id))
+        self.stop_hint = widgets.Label(value=self._hint(snapshot), style={"font_size": "11px"})
+        self.stop_hint.add_class("sage-stop-hint")  # says when Stop waits for a running cell
         self.peek = PeekPanel([stage.name for stage in snapshot.stages], self._peek_toggled)
-        self.view = widgets.VBox([self.html, self.peek.view, self.stop_button, self.output.widget])
+        self.view = widgets.VBox([self.html, self.peek.view, widgets.HBox([self.stop_button, self.stop_hint]),
+                                  self.output.widget])
 
     # ---- life cycle -----------------------------------------------------------------
 
@@ -188,11 +194,18 @@ class JobWidget:
                 with self.stop_button.hold_sync():
                     self.stop_button.disabled = True
                     self.stop_button.description = "Stop"
+            hint = self._hint(snapshot)
+            if hint != self.stop_hint.value:
+                self.stop_hint.value = hint
         for listener in list(self.listeners):
             try:
                 listener(snapshot)
             except Exception:  # another view's bug must not stop this one
                 log.exception("widget listener failed")
+
+    @staticmethod
+    def _hint(snapshot: JobStatus) -> str:
+        return "" if snapshot.state.terminal else busy_stop.hint()
 
     def _render(self, snapshot: JobStatus) -> str:
         return templates.job_html(snapshot, self._rates.update(snapshot), self._note,
@@ -218,6 +231,8 @@ class JobWidget:
 
     def request_stop(self, _button: Any = None) -> None:
         """What the Stop button does: ask the job to stop, without waiting."""
+        if self.snapshot.state.terminal:  # a click that waited behind a busy cell for a job stopped since
+            return
         self.stop_button.disabled = True
         self.stop_button.description = "Stopping"
         try:

@@ -97,33 +97,47 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def find_orphans() -> list[str]:
+    """Names of the live sage_jupyter actors created by a process of this host that no
+    longer exists (a dead kernel). Needs this process connected to Ray."""
+    host = _clean(socket.gethostname())
+    found = []
+    for name in sorted(live_names()):
+        origin = parse_name(name)
+        if origin is not None and origin[0] == host and origin[1] != os.getpid() and not _process_alive(origin[1]):
+            found.append(name)
+    return found
+
+
+def kill_named(names: Iterable[str], timeout: float = 5.0) -> list[str]:
+    """Kill these sage_jupyter actors (those still alive); return the names killed, once
+    they are gone from the live list (or `timeout` passed)."""
+    ray = ray_module()
+    killed = []
+    for name in names:
+        try:
+            handle = ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:  # died meanwhile
+            continue
+        if kill_actor(handle):
+            killed.append(name)
+    wait_dead(killed, timeout)
+    return killed
+
+
 def kill_orphans(prefix: str | None = None) -> list[str]:
     """Kill live sage_jupyter actors left behind; return their names.
 
     With `prefix`, every live actor whose name starts with it (e.g. `actor_prefix(job_id)`,
     or `"sage:HOST:PID:"` for one kernel). Without, the actors created by a process of this
-    host that no longer exists (a dead kernel). Attaches to the running cluster
+    host that no longer exists (a dead kernel: `find_orphans`). Attaches to the running cluster
     (`RAY_ADDRESS`, else the local one) if this process is not connected yet.
     """
     ray = ray_module()
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False,
                  configure_logging=False)
-    host = _clean(socket.gethostname())
-    killed = []
-    for info in sage_actors(prefix):
-        if prefix is None:
-            origin = parse_name(info["name"])
-            if origin is None or origin[0] != host or origin[1] == os.getpid() or _process_alive(origin[1]):
-                continue
-        try:
-            handle = ray.get_actor(info["name"], namespace=NAMESPACE)
-        except ValueError:  # died meanwhile
-            continue
-        if kill_actor(handle):
-            killed.append(info["name"])
-    wait_dead(killed, 5.0)
-    return killed
+    return kill_named(find_orphans() if prefix is None else sorted(live_names(prefix)))
 
 
 # ---- command line ------------------------------------------------------------------------
