@@ -84,7 +84,7 @@ env.from_source(Flood).map(lambda x: x + 1).sink(lambda x: None)
     check = kernel.ok("s = flood.status(); print(s.records_in, s.elapsed_s)")
     records, elapsed = check.stream().split()
     time.sleep(0.3)
-    (html_id,) = kernel.models("HTMLModel", run.msg_id)
+    html_id = kernel.models("HTMLModel", run.msg_id)[0]  # the job view (the peek records' HTML comes next)
     updates = kernel.updates(html_id)
     assert int(records) > 10_000
     assert 3 <= len(updates) <= float(elapsed) * 10 + 4, (len(updates), elapsed)
@@ -150,7 +150,8 @@ def test_sidebar_comm_is_fed_by_pushes_and_answers_actions(kernel):
     kernel.ok("%%sage_pipeline sided\nenv.from_source(Forever).sink(lambda x: None)\n", cell_id="cell-sided")
     running = _pushed_job(kernel, comm_id, "sided", lambda j: j["state"] == "RUNNING")
     assert running["cell_id"] == "cell-sided" and running["terminal"] is False
-    assert {"elapsed_s", "records_in", "records_out", "elapsed", "records"} <= set(running)
+    assert {"elapsed_s", "records_in", "records_out", "elapsed", "records", "where", "stopping"} <= set(running)
+    assert running["where"] == "thread" and running["stopping"] is False
     kernel.ok("h = __import__('sage_jupyter.jupyter.jobs', fromlist=['JOBS']).JOBS.find('sided').handle\n"
               "h.stop(wait=True, timeout=30)")
     stopped = _pushed_job(kernel, comm_id, "sided", lambda j: j["state"] == "STOPPED")

@@ -495,3 +495,67 @@ def test_notebook7_widget_stop_while_another_cell_sleeps(browser: Browser, lab: 
         for session in lab.api("/api/sessions"):
             lab.api(f"/api/sessions/{session['id']}", method="DELETE")
         context.close()
+
+
+WIDGET_CELLS = [
+    "%load_ext sage_jupyter",
+    """%%sage_pipeline counted --autostop
+import time
+from sage_jupyter import MapFunction
+
+class Slow(MapFunction):
+    def execute(self, x):
+        time.sleep(0.01)
+        return x * 10
+
+env.from_batch(list(range(600))).map(Slow).sink(lambda x: None)""",
+]
+
+
+def _put_notebook(lab: Lab, name: str, cells: list[str]) -> None:
+    body = json.dumps({"type": "notebook", "format": "json", "content": _notebook(cells)}).encode()
+    req = urllib.request.Request(f"{lab.url}/api/contents/{name}", data=body, method="PUT",
+                                 headers={"Authorization": f"token {lab.token}", "Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=30).close()
+
+
+def test_widget_progress_bar_and_peek_toggle_update_live(browser: Browser, lab: Lab) -> None:
+    _put_notebook(lab, "widget.ipynb", WIDGET_CELLS)
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context.set_default_timeout(UI_TIMEOUT_MS)
+    page = context.new_page()
+    try:
+        page.goto(f"{lab.url}/lab/tree/widget.ipynb?reset&token={lab.token}")
+        expect(page.locator(".jp-Notebook .jp-Cell")).to_have_count(len(WIDGET_CELLS))
+        _wait_kernel_idle(page)
+        _run_cell_until_counted(page, 0)  # (a dialog a fresh page may show is accepted)
+        _run_cell_until_counted(page, 1)
+        output = _cell(page, 1).locator(".jp-OutputArea-output")
+        stage = output.locator('.sage-stage-progress[data-stage="map:Slow"]')
+        expect(stage).to_contain_text(re.compile(r"[\d,]+ of 600"))
+        expect(stage).to_contain_text("ETA")
+        bar = stage.locator('[role="progressbar"]')
+        first = int(bar.get_attribute("aria-valuenow") or 0)
+        expect(bar).not_to_have_attribute("aria-valuenow", str(first))  # the bar moves
+        # the peek toggle is a real widget: clicking it shows the stage's newest records, live
+        toggle = output.locator(".sage-peek-toggle", has_text="map:Slow")
+        toggle.click()
+        expect(toggle).to_have_class(re.compile(r"\bmod-active\b"))
+        records = output.locator('.sage-peek[data-stage="map:Slow"] pre')
+        expect(records).to_contain_text(re.compile(r"\d+0"))
+        seen = records.inner_text()
+        expect(records).not_to_have_text(seen)  # newer records replaced them
+        expect(output.locator('.sage-job .sage-badge[data-state="FINISHED"]').first).to_be_visible(timeout=60_000)
+        expect(stage).to_contain_text("600 of 600")
+        expect(records).to_contain_text("5990")  # the map's last record
+        readable = ".jp-OutputArea .sage-badge, .jp-OutputArea .sage-peek pre"  # badges and peeked records
+        _assert_readable_in(page, readable, "JupyterLab Light")
+        _set_theme(page, "JupyterLab Dark")
+        try:
+            _assert_readable_in(page, readable, "JupyterLab Dark")
+        finally:
+            _set_theme(page, "JupyterLab Light")
+    finally:
+        for session in lab.api("/api/sessions"):
+            lab.api(f"/api/sessions/{session['id']}", method="DELETE")
+        context.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import tempfile
 
 import nbformat
@@ -97,3 +98,21 @@ def test_09_multi_input():
     streams = "".join(o.get("text", "") for o in outputs(book) if o.get("output_type") == "stream")
     assert "seen | id=1, name=ann" not in streams  # print() output belongs to the job's output area
     assert "seen | id=1, name=ann" in shown["data"]["text/plain"] and "seen | user=9, item=cup" in html
+
+
+@pytest.mark.kernel
+def test_08_explore():
+    book = execute("08_explore.ipynb")
+    streams = "".join(o.get("text", "") for o in outputs(book) if o.get("output_type") == "stream")
+    # real retrieval results over pydoc_data.topics: known questions find their topic first
+    for question, topic in (("how does the with statement work", "with"), ("how do I raise an exception", "raise"),
+                            ("how do while loops work", "while"), ("how do I define a class", "class")):
+        assert re.search(rf"'{question}' +-> {re.escape(topic)} ", streams), (question, streams)
+    (indexing,) = job_displays(book, "indexing")
+    assert "79 of 79" in indexing["data"]["text/plain"] and "79 of 79" in indexing["data"]["text/html"]
+    assert 'class="sage-progress"' in indexing["data"]["text/html"]
+    (asking,) = job_displays(book, "asking")  # the bounded run of an unbounded source
+    text = asking["data"]["text/plain"]
+    assert "FINISHED" in text and "records in -> out: 150 -> 150" in text
+    (live,) = job_displays(book, "live")  # stopped while another cell slept
+    assert "STOPPED" in live["data"]["text/plain"]

@@ -3,6 +3,7 @@ output area and `%sage_stop` work through the same handle interface as local job
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -45,6 +46,13 @@ def test_tracked_remote_job_is_shown_listed_and_stopped(daemon, ip, capsys):
     while "remote service greets 3" not in widget.output.text() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert "remote service greets 3" in widget.output.text()  # prints on the daemon, shown here
+
+    widget.peek.toggles["map:Greet"].value = True  # peek over the wire, on the widget's polled beat
+    while not re.search(r"<pre[^>]*>\d+", widget.peek.html.value) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert 'data-stage="map:Greet"' in widget.peek.html.value
+    assert re.search(r"<pre[^>]*>\d+", widget.peek.html.value), widget.peek.html.value  # the records it emitted
+    assert 'class="sage-stage-progress" data-stage="source:Slowly"' in widget.html.value
 
     (row,) = ip.run_line_magic("sage_status", "").rows
     assert row["name"] == "far" and row["state"] == "RUNNING" and row["services"] == "greeter: running"

@@ -80,16 +80,12 @@ export class JobRow {
     if (job.terminal) {
       this._stop.remove(); // an ended job has nothing to stop
     } else {
-      this._stop.disabled = job.state === 'STOPPING';
+      this._stop.disabled = job.stopping;
       if (!this._stop.isConnected) {
         this._head.append(this._stop);
       }
     }
-    const where =
-      job.location === 'local'
-        ? job.backend
-        : `${job.backend} @ ${job.location}`;
-    this._meta.textContent = [where, job.elapsed, job.records]
+    this._meta.textContent = [job.where, job.elapsed, job.records]
       .filter(Boolean)
       .join(' · ');
     const nodes = job.nodes ?? [];
@@ -100,9 +96,7 @@ export class JobRow {
       ? 'The Ray nodes where its tasks and services run (or ran)'
       : '';
     this._nodes.hidden = !nodes.length;
-    this._error.textContent = job.error
-      ? `${job.error.where}: ${job.error.type}: ${job.error.message}`
-      : '';
+    this._error.textContent = job.error ? job.error.text : '';
     this._error.hidden = !job.error;
     this._services.replaceChildren(...job.services.map(s => this._service(s)));
   }

@@ -10,6 +10,8 @@ export interface IErrorEntry {
   where: string;
   type: string;
   message: string;
+  /** "where: type: message", as the row shows it. */
+  text: string;
 }
 
 /** One service of a job. */
@@ -40,6 +42,10 @@ export interface IJobEntry {
   /** Where its tasks and services run (Ray): each node's IP, with its short id when two share one. */
   nodes: string[];
   services: IServiceEntry[];
+  /** True while the job is stopping (its Stop is greyed out). */
+  stopping: boolean;
+  /** The backend, and the JobManager's address for a remote job. */
+  where: string;
 }
 
 /** A Ray actor left behind by a kernel that died (`orphan_actors.Orphan` in the kernel). */

@@ -163,6 +163,11 @@ class BaseEnvironment(UpstreamEnvironment):
         """The handle of the submitted job, if any."""
         return self._job
 
+    @property
+    def has_sink(self) -> bool:
+        """True once the pipeline has a sink (what `submit()` requires)."""
+        return any(s.kind == "sink" for s in self._graph.stages)
+
     def stop(self) -> None:
         """Stop this environment's job (if any) and clean its services; blocks until done."""
         if self._job is not None:
@@ -197,6 +202,11 @@ class LocalEnvironment(BaseEnvironment):
 
     def _runs_on_threads(self) -> bool:
         return self.backend == "thread"
+
+    def route_output(self, sink: Callable[[str, str], None] | None) -> None:
+        """Send what the job's stages and services print to `sink(stream, text)` (before
+        `submit()`: every thread of the job inherits it), e.g. a notebook widget's output area."""
+        self._output = sink
 
     def submit(self, autostop: bool = False, block: bool | None = None,
                cleanup: CleanupPolicy | dict[str, Any] | None = None, max_records: int | None = None,

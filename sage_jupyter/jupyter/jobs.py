@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..runtime import registry
-from ..runtime.handle import JobHandle
+from ..runtime.handle import JobHandle, JobHandleLike
 from ..runtime.job import JobStatus
 from . import templates
 from .widget import JobWidget
@@ -25,9 +25,14 @@ MAX_LISTED = 100  # ended jobs beyond this are forgotten, oldest first
 @dataclass
 class TrackedJob:
     name: str
-    handle: Any  # JobHandle or a handle with the same interface (remote)
+    handle: JobHandleLike  # local or remote
     widget: JobWidget
     cell_id: str | None = None
+
+    @property
+    def snapshot(self) -> JobStatus:
+        """The job's latest snapshot, as its widget last showed it (pushed or polled)."""
+        return self.widget.snapshot
 
     def status(self) -> JobStatus:
         return self.handle.status()
@@ -69,7 +74,7 @@ class KernelJobs:
         """List a job at the end, or at position `at` (where the run it replaces was)."""
         with self._lock:
             self._jobs.insert(len(self._jobs) if at is None else at, job)
-            ended = [j for j in self._jobs if j.widget.snapshot.state.terminal]
+            ended = [j for j in self._jobs if j.snapshot.state.terminal]
             for old in ended[: max(0, len(self._jobs) - MAX_LISTED)]:
                 self._jobs.remove(old)
         job.widget.listeners.append(self._changed)
@@ -89,7 +94,7 @@ class KernelJobs:
     def clear_finished(self) -> list[TrackedJob]:
         """Forget every ended job (the sidebar's "Clear finished"); return them."""
         with self._lock:
-            ended = [j for j in self._jobs if j.widget.snapshot.state.terminal]
+            ended = [j for j in self._jobs if j.snapshot.state.terminal]
             self._jobs = [j for j in self._jobs if j not in ended]
         if ended:
             self._changed()
@@ -130,7 +135,7 @@ class KernelJobs:
             try:
                 snapshot = job.status()
             except Exception:  # noqa: BLE001 - an unreachable remote job is still listed
-                snapshot = job.widget.snapshot
+                snapshot = job.snapshot
             row = templates.job_row(snapshot, now)
             row["name"] = job.name
             out.append(row)
@@ -219,7 +224,7 @@ def widget_of(job: Any) -> JobWidget:
     return found.widget
 
 
-def track(handle: Any, name: str | None = None, display: bool = True,
+def track(handle: JobHandleLike, name: str | None = None, display: bool = True,
           cell_id: str | None = None, output: Any = None) -> JobWidget:
     """Show a submitted job's widget and list it in `%sage_status` and the sidebar.
 
@@ -248,7 +253,7 @@ def adopt_plain_jobs(cell_id: str | None = None) -> None:
     in a cell) beside the magics' ones, so `%sage_status`, `%sage_stop`, the sidebar and
     unloading see every job. Adopted jobs get a widget, not displayed anywhere; `cell_id`
     is the cell that just ran (after a cell, the one that submitted them)."""
-    known = {id(getattr(j.handle, "_dispatcher", None)) for j in JOBS.all()}
+    known = {j.handle.job_id for j in JOBS.all() if j.snapshot.location == "local"}
     for dispatcher in registry.live_jobs():
-        if id(dispatcher) not in known and not dispatcher.state.terminal:
+        if dispatcher.job_id not in known and not dispatcher.state.terminal:
             track(JobHandle(dispatcher), display=False, cell_id=cell_id)

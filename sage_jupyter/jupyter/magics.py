@@ -258,7 +258,7 @@ class SageMagics(Magics):
         for service in services:
             env.register_service(service.name, service.cls, remote=service.remote)
         output = JobOutput()
-        env._output = output  # before submit: every thread of the job inherits the sink
+        env.route_output(output)
         self.shell.user_ns["env"] = env
         try:
             run_body(self.shell, cell)
@@ -269,7 +269,7 @@ class SageMagics(Magics):
 
         handle = env.job
         if handle is None:
-            if not any(s.kind == "sink" for s in env._graph.stages):
+            if not env.has_sink:
                 raise UsageError(f"%%sage_pipeline {name}: the cell defined no sink; end the pipeline "
                                  "with .sink(...) on a stream of `env`")
             try:

@@ -18,7 +18,7 @@ MAX_CHARS = 20_000
 
 
 class JobOutput:
-    """Callable `(stream, text)` sink for `env._output`; owns the job's `Output` widget."""
+    """Callable `(stream, text)` sink for `env.route_output`; owns the job's `Output` widget."""
 
     def __init__(self, output: widgets.Output | None = None, max_chars: int = MAX_CHARS) -> None:
         self.widget = output if output is not None else widgets.Output(

@@ -30,6 +30,8 @@ PALETTE: dict[str, tuple[str, str]] = {
     "cleaned": _SUCCESS, "failed": _ERROR,
     # outcomes (cleanup report)
     "ok": _SUCCESS, "error": _ERROR, "incomplete": _ERROR,
+    # marks
+    "full": _WARN,  # a stage's input channel is full
 }
 
 

@@ -39,7 +39,8 @@ log = logging.getLogger("sage_jupyter.jupyter")
 
 
 def _error(err: Any) -> dict[str, str] | None:
-    return None if err is None else {"where": err.where, "type": err.type, "message": err.message}
+    return None if err is None else {"where": err.where, "type": err.type, "message": err.message,
+                                     "text": f"{err.where}: {err.type}: {err.message}"}
 
 
 def job_entry(job: TrackedJob, snapshot: JobStatus) -> dict[str, Any]:
@@ -54,6 +55,9 @@ def job_entry(job: TrackedJob, snapshot: JobStatus) -> dict[str, Any]:
         "error": _error(snapshot.error), "nodes": templates.job_nodes(snapshot),
         "services": [{"name": s.name, "kind": templates.service_kind(s), "state": s.state.value,
                       "calls": s.calls, "error": _error(s.error)} for s in snapshot.services],
+        # what the row shows, worked out here so the frontend computes nothing
+        "stopping": snapshot.state.value == "STOPPING",
+        "where": snapshot.backend if snapshot.location == "local" else f"{snapshot.backend} @ {snapshot.location}",
     }
 
 

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping
 from ..runtime.job import CleanupReport, ErrorInfo, JobStatus, ServiceStatus, TaskStatus
 from .graph_svg import graph_svg
 from .palette import background, badge_style
+from .progress import StageProgress
 
 MAX_TASK_ROWS = 40
 RECORDS = "records in -> out"  # records the sources produced -> records the sinks took
@@ -210,6 +211,73 @@ def job_error_html(s: JobStatus) -> str:
             f'<b>{esc(s.error.where)}</b>: {esc(s.error.type)}: {esc(s.error.message)}{error_block(s.error)}</div>')
 
 
+def progress_bar(fraction: float, width: int = 120) -> str:
+    """A bar filled to `fraction` (0..1), in the theme's brand colour on its layout colour."""
+    return (f'<span class="sage-progress" role="progressbar" aria-valuenow="{fraction * 100:.0f}" '
+            f'aria-valuemin="0" aria-valuemax="100" style="display:inline-block;vertical-align:middle;'
+            f'width:{width}px;height:8px;border-radius:4px;background:var(--jp-layout-color3,#bdbdbd)">'
+            f'<span style="display:block;height:100%;width:{fraction * 100:.1f}%;border-radius:4px;'
+            f'background:var(--jp-brand-color1,#1976d2)"></span></span>')
+
+
+def sparkline(values: tuple[float, ...], width: int = 120, height: int = 16) -> str:
+    """Rates over the last minute as a line (newest at the right); empty until two points."""
+    if len(values) < 2:
+        return ""
+    top = max(values) or 1.0
+    step = width / (len(values) - 1)
+    points = " ".join(f"{i * step:.1f},{height - 1 - (v / top) * (height - 2):.1f}" for i, v in enumerate(values))
+    return (f'<svg class="sage-sparkline" width="{width}" height="{height}" style="vertical-align:middle">'
+            f'<title>records/s over the last {len(values)} s (max {rate(top)})</title>'
+            f'<polyline points="{points}" fill="none" style="stroke:var(--jp-brand-color1,#1976d2);'
+            f'stroke-width:1.5"/></svg>')
+
+
+def progress_html(rows: list[StageProgress], ended: bool = False) -> str:
+    """Per stage: "n of N", a bar and an ETA when N is known, else the last minute's rate;
+    a mark on a stage whose input channel is full."""
+    if not rows:
+        return ""
+    body = []
+    for p in rows:
+        fraction = p.fraction
+        if fraction is not None and p.total is not None:
+            count = f"{p.done:,} of {p.total:,}"
+            picture = progress_bar(fraction)
+            eta = f"ETA {duration(p.eta_s)}" if p.eta_s is not None and not ended and fraction < 1 else ""
+        else:
+            count = f"{p.done:,}"
+            picture = sparkline(p.history)
+            eta = ""
+        full = badge("full", "input full") if p.full and not ended else ""
+        queued = f"{p.queued:,} queued" if p.queued and not ended else ""
+        body.append(f'<tr class="sage-stage-progress" data-stage="{esc(p.stage)}">'
+                    f'<td style="{_CELL}">{esc(p.stage)}</td><td style="{_CELL}">{picture}</td>'
+                    f'<td style="{_NUM}">{count}</td><td style="{_NUM}">{rate(p.rate, ended)}</td>'
+                    f'<td style="{_CELL}">{eta}</td><td style="{_CELL}">{queued} {full}</td></tr>')
+    return _table(["stage", "progress", "records", "rate", "", "input"], body)
+
+
+def progress_text(rows: list[StageProgress]) -> list[str]:
+    lines = []
+    for p in rows:
+        if p.total is not None:
+            lines.append(f"  stage {p.stage}: {p.done:,} of {p.total:,}")
+    return lines
+
+
+def peek_html(samples: Mapping[str, list[Any]]) -> str:
+    """The newest records of each peeked stage, newest last."""
+    parts = []
+    for stage, records in samples.items():
+        lines = "\n".join(esc(r) for r in records) or "(no records yet)"
+        parts.append(f'<div class="sage-peek" data-stage="{esc(stage)}" style="{_BOX}"><b>{esc(stage)}</b>'
+                     f'<pre style="font-size:11px;margin:2px 0;padding:2px 6px;white-space:pre-wrap;'
+                     f'background:var(--jp-layout-color2,#eee);color:var(--jp-ui-font-color1,#212121)">'
+                     f'{lines}</pre></div>')
+    return "".join(parts)
+
+
 def _table(head: list[str], rows: list[str]) -> str:
     th = "".join(f'<th style="{_CELL};font-weight:600">{esc(h)}</th>' for h in head)
     return f'<table style="{_TABLE}"><thead><tr>{th}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
@@ -218,18 +286,21 @@ def _table(head: list[str], rows: list[str]) -> str:
 # ---- whole views ----------------------------------------------------------------------
 
 
-def job_html(s: JobStatus, rates: Mapping[str, float] | None = None, note: str = "") -> str:
-    """The full job view: header, graph, tasks, services, error, cleanup report."""
+def job_html(s: JobStatus, rates: Mapping[str, float] | None = None, note: str = "",
+             progress: list[StageProgress] | None = None) -> str:
+    """The full job view: header, graph, stage progress, tasks, services, error, cleanup report."""
     extra = f'<div>{badge("STOPPING", "note")} {esc(note)}</div>' if note else ""
     return (f'<div class="sage-job" style="{_BOX}">{header_html(s)}{extra}{graph_html(s)}'
-            f'{tasks_html(s, rates)}{services_html(s)}{job_error_html(s)}{cleanup_html(s.cleanup_report)}</div>')
+            f'{progress_html(progress or [], s.state.terminal)}{tasks_html(s, rates)}{services_html(s)}'
+            f'{job_error_html(s)}{cleanup_html(s.cleanup_report)}</div>')
 
 
-def job_text(s: JobStatus) -> str:
+def job_text(s: JobStatus, progress: list[StageProgress] | None = None) -> str:
     """Plain-text fallback of the job view."""
     lines = [f"Job {s.name!r} ({s.job_id}) {s.state.value} after {duration(s.elapsed_s)}, "
              f"{s.backend} backend" + (", autostop" if s.autostop else "")
              + f", {RECORDS}: {s.records_out:,} -> {s.records_in:,}"]
+    lines.extend(progress_text(progress or []))
     for t in s.tasks[:MAX_TASK_ROWS]:
         err = f"  error: {t.error.type}: {t.error.message}" if t.error else ""
         node = f" on {t.node_label}" if t.node_label else ""

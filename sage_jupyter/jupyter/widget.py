@@ -1,10 +1,11 @@
 """The live job widget: state, tasks, services, Stop button, cleanup report, job output.
 
-It reads only `JobStatus` snapshots from a handle (a local `JobHandle` or anything with
-the same interface, e.g. a remote one) and renders them with `templates`. Updates are
-throttled: a daemon timer thread wakes on state changes (`subscribe`) and at most about
-10 times a second while the job runs (2 Hz for handles that must be polled over the
-wire), and each update is one batched (`hold_sync`) state message.
+It reads only `JobStatus` snapshots from a `JobHandleLike` (local or remote) and renders
+them with `templates`. Updates are throttled: a daemon timer thread renders the snapshot
+`subscribe` pushed (state changes; a remote handle's poller) and, between pushes, asks
+`status()` at most about 10 times a second while the job runs (2 Hz for handles whose
+status travels over the wire), so each update renders exactly one snapshot, in one
+batched (`hold_sync`) state message.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from typing import Any, Callable
 
 import ipywidgets as widgets
 
-from ..runtime.handle import JobHandle
+from ..runtime.handle import JobHandleLike
 from ..runtime.job import JobStatus
 from . import busy_stop, templates
 from .output import JobOutput
+from .peek import PeekPanel
+from .progress import ProgressTracker
 
 log = logging.getLogger("sage_jupyter.jupyter")
 
@@ -34,13 +37,16 @@ class JobWidget:
     """Shows one job. `display(widget)` renders it; the display data also carries a
     text/html and text/plain rendering of the current state for static viewers."""
 
-    def __init__(self, handle: Any, output: JobOutput | None = None,
+    def __init__(self, handle: JobHandleLike, output: JobOutput | None = None,
                  interval: float | None = None) -> None:
         self.handle = handle
         self.output = output if output is not None else JobOutput()
-        polled = not isinstance(handle, JobHandle)
+        snapshot = handle.status()
+        # A job elsewhere (a JobManager), or a handle that cannot push, is followed gently.
+        polled = snapshot.location != "local" or not callable(getattr(handle, "subscribe", None))
         self.interval = interval if interval is not None else (POLLED_INTERVAL if polled else LOCAL_INTERVAL)
         self._rates = _Rates()
+        self._progress = ProgressTracker()
         self._note = ""
         self._lock = threading.Lock()
         self._wake = threading.Event()  # something changed
@@ -53,8 +59,9 @@ class JobWidget:
         self._final_published = False
         self.updates = 0  # rendered state messages, for tests and benchmarks
         self.listeners: list[Callable[[JobStatus], None]] = []  # told of every shown snapshot
-        snapshot = handle.status()
         self.snapshot: JobStatus = snapshot
+        self._pushed: JobStatus | None = None  # the newest snapshot `subscribe` delivered, not yet shown
+        self._pushed_lock = threading.Lock()  # apart from `_lock`: a runtime thread never waits on a render
 
         self.html = widgets.HTML(value=self._render(snapshot))
         self.stop_button = widgets.Button(description="Stop", icon="stop", button_style="danger",
@@ -67,7 +74,9 @@ class JobWidget:
         self.stop_button.add_class(busy_stop.job_class(snapshot.job_id))
         self.stop_hint = widgets.Label(value=self._hint(snapshot), style={"font_size": "11px"})
         self.stop_hint.add_class("sage-stop-hint")  # says when Stop waits for a running cell
-        self.view = widgets.VBox([self.html, widgets.HBox([self.stop_button, self.stop_hint]), self.output.widget])
+        self.peek = PeekPanel([stage.name for stage in snapshot.stages], self._peek_toggled)
+        self.view = widgets.VBox([self.html, self.peek.view, widgets.HBox([self.stop_button, self.stop_hint]),
+                                  self.output.widget])
 
     # ---- life cycle -----------------------------------------------------------------
 
@@ -109,10 +118,21 @@ class JobWidget:
     # ---- updates --------------------------------------------------------------------
 
     def _on_change(self, snapshot: JobStatus) -> None:
-        # Runs on a runtime thread: only wake the timer, which coalesces changes.
+        # Runs on a runtime thread: keep the snapshot and wake the timer, which coalesces changes.
+        with self._pushed_lock:
+            if self._pushed is None or snapshot.taken_at >= self._pushed.taken_at:
+                self._pushed = snapshot
         if snapshot.state.terminal:
             self._urgent.set()
         self._wake.set()
+
+    def _next_snapshot(self) -> JobStatus:
+        """The pushed snapshot if one came since the last update, else a fresh `status()`."""
+        with self._pushed_lock:
+            pushed, self._pushed = self._pushed, None
+        if pushed is not None and pushed.taken_at >= self.snapshot.taken_at:
+            return pushed
+        return self.handle.status()
 
     def _run(self) -> None:
         last = 0.0
@@ -128,7 +148,7 @@ class JobWidget:
                 if self._closed.is_set():
                     break
                 try:
-                    snapshot = self.handle.status()
+                    snapshot = self._next_snapshot()
                     failures = 0
                 except Exception as exc:  # noqa: BLE001 - a lost connection must not kill the view
                     failures += 1
@@ -141,6 +161,7 @@ class JobWidget:
                 last = time.monotonic()
                 self._note = ""
                 self.show(snapshot)
+                self.peek.refresh(self.handle)  # on the same throttled beat as the job view
                 if snapshot.state.terminal:
                     break
         except Exception:  # e.g. the comm went away at kernel shutdown
@@ -151,6 +172,7 @@ class JobWidget:
             try:
                 self.output.flush()
                 if self.snapshot.state.terminal:
+                    self.peek.refresh(self.handle)  # the records the job ended with
                     self.publish_final()
             except Exception:
                 log.exception("job widget final update failed")
@@ -186,7 +208,16 @@ class JobWidget:
         return "" if snapshot.state.terminal else busy_stop.hint()
 
     def _render(self, snapshot: JobStatus) -> str:
-        return templates.job_html(snapshot, self._rates.update(snapshot), self._note)
+        return templates.job_html(snapshot, self._rates.update(snapshot), self._note,
+                                  self._progress.update(snapshot))
+
+    def _peek_toggled(self) -> None:
+        # May run on a comm's subshell thread while a cell executes: wake the updater, or,
+        # once it has ended, show the job's last records from here (a quick local read).
+        if self.following:
+            self._wake.set()  # (not `_urgent`: that ends the throttle for good)
+        else:
+            self.peek.refresh(self.handle)
 
     def _drop_subscription(self) -> None:
         unsubscribe, self._unsubscribe = self._unsubscribe, None
@@ -241,7 +272,7 @@ class JobWidget:
         if self._final_published:
             return
         snapshot = self.snapshot
-        if not snapshot.state.terminal and isinstance(self.handle, JobHandle) and self.handle.done:
+        if not snapshot.state.terminal and snapshot.location == "local" and self.handle.done:
             snapshot = self.handle.status()
             self.snapshot = snapshot
         if snapshot.state.terminal and self.publish_final():
@@ -251,11 +282,12 @@ class JobWidget:
         data = dict(self.view._repr_mimebundle_() or {})
         snapshot = self.snapshot
         data["text/html"] = self._render_static(snapshot)
-        data["text/plain"] = templates.job_text(snapshot) + self._output_tail()
+        data["text/plain"] = templates.job_text(snapshot, self._progress.rows(snapshot)) + self._output_tail()
         return data
 
     def _render_static(self, snapshot: JobStatus) -> str:
-        body = templates.job_html(snapshot, self._rates.final(snapshot) if snapshot.state.terminal else None)
+        body = templates.job_html(snapshot, self._rates.final(snapshot) if snapshot.state.terminal else None,
+                                  progress=self._progress.rows(snapshot))
         tail = self._output_tail()
         if tail:
             body += (f'<pre style="font-size:11px;max-height:12em;overflow:auto;margin:4px 0">'
