@@ -146,6 +146,11 @@ class Kernel:
         return [m for m in self.all() if m["msg_type"] == "comm_msg" and m["content"]["comm_id"] == comm_id
                 and m["content"]["data"].get("method") == "update"]
 
+    def comm_data(self, comm_id: str) -> list[dict[str, Any]]:
+        """The data of every comm message the kernel sent on `comm_id`."""
+        return [m["content"]["data"] for m in self.all() if m["msg_type"] == "comm_msg"
+                and m["content"]["comm_id"] == comm_id]
+
     def output_text(self, comm_id: str) -> str:
         """The text of an Output widget as of its last `outputs` update."""
         states = [u["content"]["data"]["state"]["outputs"] for u in self.updates(comm_id)
@@ -162,3 +167,14 @@ class Kernel:
             if self.km.is_alive():
                 self.km.shutdown_kernel(now=False)
         self._reader.join(2)
+
+
+def wait_for(what: str, check: Any, timeout: float = 30.0, every: float = 0.02) -> Any:
+    """Call `check` until it returns something truthy (returned), failing after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(every)

@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 import pytest
-from kernel_harness import Kernel
+from kernel_harness import Kernel, wait_for
 
 from sage_jupyter import LocalEnvironment
 from sage_jupyter.jupyter import busy_stop
@@ -44,19 +44,6 @@ def _send(k: Kernel, msg_type: str, content: dict[str, Any], subshell_id: str) -
     k.kc.shell_channel.send(msg)
 
 
-def _comm_data(k: Kernel, comm_id: str) -> list[dict[str, Any]]:
-    return [m["content"]["data"] for m in k.all() if m["msg_type"] == "comm_msg"
-            and m["content"]["comm_id"] == comm_id]
-
-
-def _wait(what: str, check: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
-        time.sleep(0.02)
 
 
 def _model_state(k: Kernel, css_class: str) -> tuple[str, dict[str, Any]]:
@@ -87,19 +74,19 @@ def test_stop_over_a_subshell_comm_ends_the_job_while_another_cell_sleeps() -> N
         subshell = _subshell(k)
         comm_id = uuid.uuid4().hex
         _send(k, "comm_open", {"comm_id": comm_id, "target_name": "sage_jupyter", "data": {}}, subshell)
-        _wait("job list on the new comm", lambda: _comm_data(k, comm_id))
-        _wait("the hint to go", lambda: _model_state(k, "sage-stop-hint")[1]["value"] == "")
+        wait_for("job list on the new comm", lambda: k.comm_data(comm_id))
+        wait_for("the hint to go", lambda: _model_state(k, "sage-stop-hint")[1]["value"] == "")
 
         sleeping = k.send("time.sleep(10)\nslept_until = time.time()")
-        _wait("the sleeping cell to start", lambda: any(
+        wait_for("the sleeping cell to start", lambda: any(
             m["msg_type"] == "status" and m["content"]["execution_state"] == "busy" for m in k.of(sleeping)))
         clicked = time.time()
         _send(k, "comm_msg", {"comm_id": comm_id, "data": {"action": "stop", "job_id": job_id}}, subshell)
 
         def stopped() -> bool:
             return any(j["job_id"] == job_id and j["state"] == "STOPPED"
-                       for d in _comm_data(k, comm_id) for j in d.get("jobs", []))
-        _wait("STOPPED pushed while the cell sleeps", stopped)
+                       for d in k.comm_data(comm_id) for j in d.get("jobs", []))
+        wait_for("STOPPED pushed while the cell sleeps", stopped)
         assert not any(m["msg_type"] == "status" and m["content"]["execution_state"] == "idle"
                        for m in k.of(sleeping)), "the sleeping cell ended before the job stopped"
 
@@ -121,17 +108,17 @@ def test_a_comm_opened_while_a_pipeline_cell_runs_does_not_list_its_job_twice() 
         subshell = _subshell(k)
         cell = k.send(TICKER.replace("ticker -o ticker", "slow_body -o slow_body")
                       + "\nenv.submit(block=False)\ntime.sleep(3)  # submitted, not listed yet")
-        _wait("the cell to run", lambda: any(m["msg_type"] == "status" and m["content"]["execution_state"] == "busy"
+        wait_for("the cell to run", lambda: any(m["msg_type"] == "status" and m["content"]["execution_state"] == "busy"
                                              for m in k.of(cell)))
         time.sleep(1.0)  # the body has submitted and sleeps
         comm_id = uuid.uuid4().hex
         _send(k, "comm_open", {"comm_id": comm_id, "target_name": "sage_jupyter", "data": {}}, subshell)
-        first = _wait("the list while the cell runs", lambda: _comm_data(k, comm_id))[0]
+        first = wait_for("the list while the cell runs", lambda: k.comm_data(comm_id))[0]
         assert first["jobs"] == []  # the cell lists its job itself, when it ends
         assert k.collect(cell).ok
-        _wait("the job in a push", lambda: _comm_data(k, comm_id)[-1]["jobs"])
+        wait_for("the job in a push", lambda: k.comm_data(comm_id)[-1]["jobs"])
         time.sleep(0.5)  # any later push as well
-        assert [j["name"] for j in _comm_data(k, comm_id)[-1]["jobs"]] == ["slow_body"]
+        assert [j["name"] for j in k.comm_data(comm_id)[-1]["jobs"]] == ["slow_body"]
         assert k.ok("%sage_status").displays()[0]["data"]["text/plain"].count("slow_body") == 1
     finally:
         k.shutdown()

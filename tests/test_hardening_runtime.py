@@ -164,7 +164,8 @@ def test_an_instance_with_parallelism_is_copied_once_per_parallel_instance():
     assert {index for index, _ in out} == {0, 1, 2}
     closed_ids = [obj for obj, _ in WhereAmI.closed]
     assert len(closed_ids) == 3 and len(set(closed_ids)) == 3 and id(template) not in closed_ids
-    assert sorted(tuple(sorted(seen)) for _, seen in WhereAmI.closed) == [(0,), (1,), (2,)]  # each copy saw its own index
+    # each copy saw its own index
+    assert sorted(tuple(sorted(seen)) for _, seen in WhereAmI.closed) == [(0,), (1,), (2,)]
     assert template.seen == set() and template.ctx is None  # the user's object is only a template
 
 

@@ -9,13 +9,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kernel_harness import Kernel
+from kernel_harness import Kernel, wait_for
 
 from sage_jupyter.runtime.ray.orphans import live_names, parse_name, wait_dead
 
@@ -40,23 +39,14 @@ class Look(MapFunction):
 env.from_source(Ticks).map(Look).sink(lambda x: None)'''
 
 
+def wait_slowly(what: str, check: Any, timeout: float = 60.0) -> Any:
+    return wait_for(what, check, timeout, every=0.05)
+
+
 def _of_pid(pid: int) -> set[str]:
     return {n for n in live_names() if (parse_name(n) or ("", 0))[1] == pid}
 
 
-def _wait(what: str, check: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
-        time.sleep(0.05)
-
-
-def _comm_data(k: Kernel, comm_id: str) -> list[dict[str, Any]]:
-    return [m["content"]["data"] for m in k.all() if m["msg_type"] == "comm_msg"
-            and m["content"]["comm_id"] == comm_id]
 
 
 def _orphan_names(data: dict[str, Any]) -> set[str]:
@@ -99,15 +89,15 @@ def test_actors_of_dead_kernels_are_noticed_listed_and_killed(ray_session: Any) 
         comm_id = uuid.uuid4().hex  # the sidebar's comm, opened by the frontend
         k.kc.shell_channel.send(k.kc.session.msg(
             "comm_open", {"comm_id": comm_id, "target_name": "sage_jupyter", "data": {}}))
-        first = _wait("the sidebar list", lambda: _comm_data(k, comm_id))[0]
+        first = wait_slowly("the sidebar list", lambda: k.comm_data(comm_id))[0]
         assert {cache, task} <= _orphan_names(first)
         entry = next(o for o in first["orphans"] if o["name"] == cache)
         assert entry == {"name": cache, "host": entry["host"], "pid": maker.pid, "job": "lost-1", "role": "svc:cache"}
 
         k.kc.shell_channel.send(k.kc.session.msg(
             "comm_msg", {"comm_id": comm_id, "data": {"action": "kill_orphans", "names": [cache]}}))
-        answer = _wait("the answer to kill_orphans",
-                       lambda: [d for d in _comm_data(k, comm_id) if task in _orphan_names(d)
+        answer = wait_slowly("the answer to kill_orphans",
+                       lambda: [d for d in k.comm_data(comm_id) if task in _orphan_names(d)
                                 and cache not in _orphan_names(d)])[0]
         assert "error" not in answer
         assert cache not in live_names() and task in live_names()
@@ -119,13 +109,13 @@ def test_actors_of_dead_kernels_are_noticed_listed_and_killed(ray_session: Any) 
         run = k.ok("%sage_orphans --kill")
         assert f"killed 1 orphaned Ray actor: {task}" in run.stream(), run.stream()
         assert task not in live_names()
-        _wait("a push without orphans", lambda: _comm_data(k, comm_id)[-1].get("orphans") == [])
+        wait_slowly("a push without orphans", lambda: k.comm_data(comm_id)[-1].get("orphans") == [])
         assert "No Ray actors left by dead kernels." in "".join(str(d["data"]) for d in run.displays())
 
         bad = k.kc.session.msg("comm_msg", {"comm_id": comm_id, "data": {"action": "kill_orphans", "names": "x"}})
         k.kc.shell_channel.send(bad)
-        _wait("an error naming 'names'", lambda: any("'names' must be a list" in d.get("error", "")
-                                                     for d in _comm_data(k, comm_id)))
+        wait_slowly("an error naming 'names'", lambda: any("'names' must be a list" in d.get("error", "")
+                                                     for d in k.comm_data(comm_id)))
     finally:
         k.shutdown()
 
