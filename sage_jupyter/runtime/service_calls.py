@@ -14,21 +14,30 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from types import CodeType, FrameType
 from typing import Any, Protocol
 
 _SERIALISED = """
 def call({params}):
-    if _sage_bias.owner == _sage_ident():  # the one thread calling this service: no lock (see Bias)
-        _sage_host.calls += 1
-        try:
-            return _sage_bound({args})
-        except Exception as exc:
-            _sage_tag(exc)
-            raise
     if not _sage_host.accepting:
         _sage_refuse()
-    _sage_enter()
+    if _sage_bias.on:
+        if _sage_mine.owner:  # the thread the service is biased to: no lock while it is the only caller
+            _sage_bias.depth += 1  # announce the call first, then look at the bias (see Bias)
+            if _sage_bias.on:
+                try:
+                    _sage_host.calls += 1
+                    return _sage_bound({args})
+                except Exception as exc:
+                    _sage_tag(exc)
+                    raise
+                finally:
+                    _sage_bias.depth -= 1
+            _sage_bias.depth -= 1
+        _sage_enter()
+    elif _sage_bias.settled:
+        _sage_acquire()
+    else:
+        _sage_enter()
     try:
         _sage_host.calls += 1
         return _sage_bound({args})
@@ -52,63 +61,49 @@ def call({params}):
 """
 
 _ANY = ("*args, **kwargs", "*args, **kwargs")
-# Biasing relies on the GIL ordering plain attribute reads and writes between threads, and
-# on seeing other threads' stacks to tell whether the owner is inside a call.
-_CAN_BIAS = getattr(sys, "_is_gil_enabled", lambda: True)() and hasattr(sys, "_current_frames")
+# Biasing relies on the GIL ordering plain attribute reads and writes between threads.
+_GIL = getattr(sys, "_is_gil_enabled", lambda: True)()
+
+
+class _Owner(threading.local):
+    owner = False  # true only in the thread the service is biased to
 
 
 class Bias:
     """Serialises a service's calls, with no lock at all while one thread is its only
     caller (a single task calling a service, the common case).
 
-    The first caller becomes the owner: its calls compare `owner` with its thread id and
-    run without the lock. When another thread calls, it clears `owner` (the owner's next
-    call takes the lock), waits until the owner's lock-free call in progress ended (a frame
-    of one of the service's call functions on the owner's stack), and from then on every
-    call takes the (reentrant) lock. Under the GIL the owner reads `owner` inside its call
-    frame, so either it saw the change or the waiter sees its frame. When the service stops
-    taking calls, `close()` ends the bias, so refusals are checked again.
+    The first caller becomes the owner and calls without the lock. When another thread
+    calls, it turns the bias off and waits until the owner's calls in progress ended
+    (`depth` 0); from then on every call takes the (reentrant) lock. The owner raises
+    `depth` before it reads `on`, and the other thread clears `on` before it reads `depth`,
+    so one of the two always sees the other (under the GIL, plain attribute reads and
+    writes are ordered). Without a GIL there is no bias: every call takes the lock.
     """
 
     def __init__(self, lock: threading.RLock) -> None:
         self.lock = lock
-        self.owner: int | None = None  # thread id of the lock-free caller
-        self.codes: set[CodeType] = set()  # code of the service's call functions
-        self._state = "open" if _CAN_BIAS else "off"  # open -> owned -> draining -> off
-        self._revoked: int | None = None  # the former owner, while its last lock-free call may run
-        self._mutex = threading.Lock()
+        self.on = _GIL
+        self.depth = 0  # the owner's calls in progress; written by the owner only
+        self.settled = not _GIL  # the bias is off and the owner's last lock-free call has ended
+        self.mine = _Owner()
+        self._claimed = False
 
     def enter(self) -> None:
-        """The locked path: claim or revoke the bias first, then take the lock."""
-        if self._state != "off":
-            me = threading.get_ident()
-            with self._mutex:
-                if self._state == "open":  # the very first call: this thread owns the bias from now
-                    self._state, self.owner = "owned", me
-                elif self._state == "owned" and self.owner != me:
-                    self._state, self._revoked, self.owner = "draining", self.owner, None
-            if self._state == "draining" and me != self._revoked:  # (the former owner never waits on itself)
-                self._wait_out(self._revoked)
-                self._state = "off"
+        """The locked path: take the lock, claiming or revoking the bias first if on."""
+        if self.on:
+            with self.lock:
+                if self.on and not self._claimed:  # the very first call: this thread owns it
+                    self._claimed = True
+                    self.mine.owner = True
+                    self.lock.acquire()
+                    return
+                self.on = False
+        if not self.mine.owner:  # (the owner's own outer call may be in progress: no waiting on it)
+            while self.depth:  # a call of the owner in progress ends without the lock
+                time.sleep(0.0005)
+            self.settled = True  # the owner reads `on` (now false) before any further call
         self.lock.acquire()
-
-    def close(self) -> None:
-        """No more lock-free calls (the service stopped taking calls: they are refused)."""
-        with self._mutex:
-            self.owner = None
-            if self._state == "open":
-                self._state = "off"
-
-    def _wait_out(self, thread: int | None) -> None:
-        while thread is not None and self._in_call(sys._current_frames().get(thread)):
-            time.sleep(0.0005)
-
-    def _in_call(self, frame: FrameType | None) -> bool:
-        while frame is not None:
-            if frame.f_code in self.codes:
-                return True
-            frame = frame.f_back
-        return False
 
 
 class CountedHost(Protocol):
@@ -122,13 +117,11 @@ def make_call(bound: Callable[..., Any], host: CountedHost, bias: Bias | None,
     takes concurrent calls)."""
     namespace: dict[str, Any] = {"_sage_host": host, "_sage_bound": bound, "_sage_refuse": refuse, "_sage_tag": tag}
     if bias is not None:
-        namespace.update(_sage_bias=bias, _sage_ident=threading.get_ident, _sage_enter=bias.enter,
-                         _sage_release=bias.lock.release)
+        namespace.update(_sage_bias=bias, _sage_mine=bias.mine, _sage_enter=bias.enter,
+                         _sage_acquire=bias.lock.acquire, _sage_release=bias.lock.release)
     params, args = _plain_parameters(bound, namespace) or _ANY
     exec((_SERIALISED if bias is not None else _CONCURRENT).format(params=params, args=args), namespace)
     call: Callable[..., Any] = namespace["call"]
-    if bias is not None:
-        bias.codes.add(call.__code__)
     call.__name__ = call.__qualname__ = getattr(bound, "__name__", "call")
     call.__doc__ = getattr(bound, "__doc__", None)
     call.label = label  # type: ignore[attr-defined]  # named in cleanup reports while it runs

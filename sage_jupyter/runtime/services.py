@@ -120,25 +120,14 @@ class LocalServiceHost(ServiceHost):
     kind = "thread"
 
     def __init__(self, spec: ServiceSpec) -> None:
-        self._bias = Bias(threading.RLock())  # reentrant: a service may call itself
-        self._accepting = False
         super().__init__(spec)
         self.instance: Any = None
+        self._bias = Bias(threading.RLock())  # reentrant: a service may call itself
         self._phase = threading.Lock()  # orders the starter's next hook against a stop
         self._started = threading.Event()  # start() returned (done, failed or cut short)
         self._starting_hook = "__init__"  # what start() runs now, for the report
         self._ending = False  # a stop began: the starter runs no further hook
         self._ran_start = False
-
-    @property  # a plain attribute on other hosts
-    def accepting(self) -> bool:
-        return self._accepting
-
-    @accepting.setter
-    def accepting(self, value: bool) -> None:
-        self._accepting = value
-        if not value:
-            self._bias.close()  # the lock-free path checks nothing: end it, so calls are refused
 
     def start(self, ctx: RuntimeContext) -> None:
         try:
