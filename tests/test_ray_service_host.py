@@ -137,6 +137,7 @@ class SlowCalls(BaseService):
         self.log, self.release = log, release
 
     def slow(self) -> str:
+        Path(self.log + ".pid").write_text(str(os.getpid()))
         note(self.log, "call began")
         if self.release is not None:
             wait_file(self.release, 60)
@@ -189,6 +190,8 @@ def test_on_ray_a_call_still_running_after_the_graceful_timeout_is_in_the_report
     report = env.job.cleanup_report
     assert report.calls_left_running == ("svc.slow()",) and not report.ok
     assert report["svc"].killed is True  # the call died with its actor: nothing is left running
+    # (Ray shows the actor dead a moment before its process exits: release the call only then)
+    wait_for(lambda: not process_alive(int(Path(f"{log}.pid").read_text())), what="the actor's process to exit")
     release.touch()
     time.sleep(0.3)
     assert events(log) == ["call began", "cleanup"]

@@ -303,7 +303,7 @@ class RayServiceHost(ServiceHost):
         self.node_label: str | None = None
         self.actor: Any = None  # its handle, once created
         self.actor_name = ""
-        self._actor_id: str | None = None
+        self._actor_hex: str | None = None
         self._methods: set[str] = set()
         self._started = False  # its actor ran setup() and start(): the methods are known
         self._sink: OutputSink | None = None
@@ -315,7 +315,7 @@ class RayServiceHost(ServiceHost):
 
     @property
     def actor_id(self) -> str | None:
-        return self._actor_id
+        return self._actor_hex
 
     def start(self, ctx: RuntimeContext) -> None:
         ensure_ray()
@@ -351,7 +351,7 @@ class RayServiceHost(ServiceHost):
         """Wait (at most `placement_timeout`) until Ray placed the actor; else kill it and
         fail naming the service and what it asked for."""
         try:
-            self._actor_id, self.node = ray.get(self.actor.where.remote(), timeout=self.placement_timeout)
+            self._actor_hex, self.node = ray.get(self.actor.where.remote(), timeout=self.placement_timeout)
         except GetTimeoutError:
             self._kill(2.0)
             with self._phase:
