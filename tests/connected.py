@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from sage_jupyter import BaseCoMapFunction, BaseJoinFunction, SinkFunction
+from sage_jupyter import BaseCoMapFunction, BaseJoinFunction
 
 
 class Tag(BaseCoMapFunction):
@@ -57,23 +56,9 @@ class CollectingJoin(InnerJoin):
         return None
 
 
-class JsonSink(SinkFunction):
-    """Writes its records to `<dir>/<tag>-<index>.json` when closed (any process)."""
-
-    def __init__(self, directory: str, tag: str = "sink") -> None:
-        super().__init__()
-        self.directory, self.tag, self.records = directory, tag, []
-
-    def execute(self, data) -> None:
-        self.records.append(data)
-
-    def close(self) -> None:
-        path = Path(self.directory) / f"{self.tag}-{self.ctx.parallel_index}.json"
-        path.write_text(json.dumps({"pid": os.getpid(), "records": self.records}))
-
-
 def read_json_sinks(directory, tag: str = "sink") -> list:
-    """Every record the `JsonSink` instances of `tag` wrote, as tuples, in instance order."""
+    """Every record the `FileSink` instances (tests/ray_pipelines.py) of `tag` wrote, as tuples, in
+    instance order."""
     out: list = []
     for path in sorted(Path(directory).glob(f"{tag}-*.json")):
         out.extend(tuple(r) if isinstance(r, list) else r for r in json.loads(path.read_text())["records"])

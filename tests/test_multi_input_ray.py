@@ -6,16 +6,17 @@ from __future__ import annotations
 import pytest
 
 from sage_jupyter import JobState, LocalEnvironment, RemoteEnvironment
-from tests.connected import InnerJoin, JsonSink, Tag, expected_join, read_json_sinks
+from tests.connected import InnerJoin, Tag, expected_join, read_json_sinks
+from tests.ray_pipelines import FileSink
 
 
 def build(env, directory: str) -> None:
     """Two sources shared by a comap, a keyed join and a self-connected comap (5 tasks when chained)."""
     a = env.from_batch(range(200))
     b = env.from_batch(range(0, 300, 7))
-    a.connect(b).comap(Tag).sink(JsonSink, directory, "comap")
-    b.connect(b).comap(Tag).sink(JsonSink, directory, "self")  # one producer feeds both inputs
-    a.keyby(lambda x: x % 10).connect(b.keyby(lambda x: x % 10)).join(InnerJoin).sink(JsonSink, directory, "join")
+    a.connect(b).comap(Tag).sink(FileSink, directory, "comap")
+    b.connect(b).comap(Tag).sink(FileSink, directory, "self")  # one producer feeds both inputs
+    a.keyby(lambda x: x % 10).connect(b.keyby(lambda x: x % 10)).join(InnerJoin).sink(FileSink, directory, "join")
 
 
 def check(directory) -> None:
