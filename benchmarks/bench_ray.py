@@ -4,11 +4,16 @@
 
 Prints `name=value` lines (or one JSON object):
 - pipeline_records_per_s: a source actor pushing small records to a sink actor through
-  the Ray backend (chaining off, so the two stages are two actors), from the source's
-  first record to the sink's last;
+  the Ray backend (chaining off, so the two stages are two actors), timed from the sink's
+  first record to its last (actor start-up excluded, as for the raw pair below);
 - raw_records_per_s: two bare actors passing batches of the same size with the same
-  number of calls in flight;
+  number of calls in flight, timed from the consumer's first record to its last, the consumer handing each record to the same kind of per-record
+  sink object the pipeline's sink is (like for like: the user's work per record is on both
+  sides, so the ratio measures what the framework adds);
 - ratio_to_raw: the first over the second;
+- raw_counting_records_per_s, ratio_to_raw_counting: the same with a consumer that only adds
+  up batch lengths and calls nothing per record (the transport alone; the pipeline's
+  per-record sink call then counts against it);
 - cleanup_latency_ms: from the sink's last record until `wait()` returned, that is until
   every task actor and the job's service actor were cleaned, killed and seen dead;
 - service_calls_per_s, service_call_ms: a map actor calling `self.call_service["acc"].add(x)`
@@ -30,42 +35,61 @@ from figures import print_figures
 BATCH = 1024  # operators.MAX_BATCH: what a fast source's batches grow to
 
 
-def raw_rate(ray, n: int, batch: int, inflight: int) -> float:
-    """Records/s of a producer actor pushing batches to a consumer actor."""
+def raw_rate(ray, n: int, batch: int, inflight: int, per_record: bool = True) -> float:
+    """Records/s of a producer actor pushing batches to a consumer actor. With `per_record`,
+    the consumer calls a sink object once per record, as the pipeline's sink actor does."""
+
+    class Tally:
+        """The pipeline's `Counter` sink without the framework: a plain object (Ray wraps an
+        actor's own methods, which would make `self.method(x)` per record cost several times more)."""
+
+        def __init__(self) -> None:
+            self.count, self.first = 0, 0.0
+
+        def execute(self, data: int) -> None:
+            if not self.count:
+                self.first = time.time()
+            self.count += 1
 
     @ray.remote
     class Consumer:
         def __init__(self) -> None:
             self.count = 0
-            self.last = 0.0
+            self.first = self.last = 0.0
+            self.sink = Tally()
 
         def push(self, items: list) -> None:
-            self.count += len(items)
+            if not self.first:
+                self.first = time.time()
+            if per_record:
+                execute = self.sink.execute
+                for x in items:
+                    execute(x)
+            else:
+                self.count += len(items)
             self.last = time.time()
 
-        def result(self) -> tuple[int, float]:
-            return self.count, self.last
+        def result(self) -> tuple[int, float, float]:
+            return self.count + self.sink.count, self.first, self.last
 
     @ray.remote
     class Producer:
-        def run(self, consumer, n: int, batch: int, inflight: int) -> float:
-            start = time.time()
+        def run(self, consumer, n: int, batch: int, inflight: int) -> None:
             pending: deque = deque()
             for lo in range(0, n, batch):
                 if len(pending) >= inflight:
                     ray.get(pending.popleft())
                 pending.append(consumer.push.remote(list(range(lo, min(n, lo + batch)))))
             ray.get(list(pending))
-            return start
 
     consumer, producer = Consumer.remote(), Producer.remote()
     ray.get([consumer.result.remote(), producer.__ray_ready__.remote()])
-    start = ray.get(producer.run.remote(consumer, n, batch, inflight))
-    count, last = ray.get(consumer.result.remote())
+    ray.get(producer.run.remote(consumer, n, batch, inflight))
+    count, first, last = ray.get(consumer.result.remote())
     for actor in (consumer, producer):
         ray.kill(actor, no_restart=True)
     assert count == n, (count, n)
-    return n / (last - start)
+    return n / (last - first)
 
 
 def pipeline_run(n: int) -> tuple[float, float]:
@@ -76,30 +100,28 @@ def pipeline_run(n: int) -> tuple[float, float]:
     from sage_jupyter.runtime.plan import build_plan
 
     class Counter(SinkFunction):
-        """Counts, as the raw consumer does; the time of the last record is taken when the
-        end marker closes it (right after the last batch), not by a clock read per record:
-        that read alone costs about a fifth of the raw consumer's time per record."""
+        """Counts per record, as the raw consumer's `Tally` does; the clock is read at the
+        first record and when the end marker closes it (right after the last batch), not per
+        record: that read alone costs about a fifth of the raw consumer's time per record."""
 
         def __init__(self) -> None:
             super().__init__()
-            self.count = 0
+            self.count, self.first = 0, 0.0
 
         def execute(self, data: int) -> None:
+            if not self.count:
+                self.first = time.time()
             self.count += 1
 
         def close(self) -> None:
-            print(f"count={self.count} last={time.time()!r}")
+            print(f"count={self.count} first={self.first!r} last={time.time()!r}")
 
     class Registry(BaseService):
         def cleanup(self) -> None:
             self.closed = True
 
-    def numbers():
-        print(f"start={time.time()!r}")
-        return iter(range(n))
-
     env = LocalEnvironment("bench_ray", backend="ray")
-    env.from_batch(numbers).sink(Counter)
+    env.from_batch(range(n)).sink(Counter)
     lines: list[str] = []
     services = [ServiceSpec("registry", Registry, (), {}, True)]
     job = Dispatcher("bench_ray", env._graph, services, backend="ray", autostop=True,
@@ -111,8 +133,8 @@ def pipeline_run(n: int) -> tuple[float, float]:
     fields = dict(kv.split("=") for line in "".join(lines).split() for kv in [line] if "=" in kv)
     assert int(fields["count"]) == n, fields
     assert job.cleanup_report.ok and job.cleanup_report["registry"].killed, job.cleanup_report
-    start, last = float(fields["start"]), float(fields["last"])
-    return n / (last - start), done - last
+    first, last = float(fields["first"]), float(fields["last"])
+    return n / (last - first), done - last
 
 
 def service_call_run(n: int) -> float:
@@ -177,9 +199,10 @@ def main() -> int:
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20,
                  log_to_driver=False, configure_logging=False)
     ensure_ray()
-    raw, rates, latencies, calls = [], [], [], []
+    raw, counting, rates, latencies, calls = [], [], [], [], []
     for _ in range(args.repeat):
         raw.append(raw_rate(ray, args.records, BATCH, INFLIGHT_PER_LINK))
+        counting.append(raw_rate(ray, args.records, BATCH, INFLIGHT_PER_LINK, per_record=False))
         rate, latency = pipeline_run(args.records)
         rates.append(rate)
         latencies.append(latency)
@@ -189,6 +212,8 @@ def main() -> int:
         "pipeline_records_per_s": round(max(rates)),
         "raw_records_per_s": round(max(raw)),
         "ratio_to_raw": round(max(rates) / max(raw), 3),
+        "raw_counting_records_per_s": round(max(counting)),
+        "ratio_to_raw_counting": round(max(rates) / max(counting), 3),
         "cleanup_latency_ms": round(1000 * min(latencies), 1),
         "cleanup_latency_ms_worst": round(1000 * max(latencies), 1),
         "service_calls_per_s": round(max(calls)),
