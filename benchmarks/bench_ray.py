@@ -7,9 +7,10 @@ Prints `name=value` lines (or one JSON object):
   the Ray backend (chaining off, so the two stages are two actors), timed from the sink's
   first record to its last (actor start-up excluded, as for the raw pair below);
 - raw_records_per_s: two bare actors passing batches of the same size with the same
-  number of calls in flight, timed from the consumer's first record to its last, the consumer handing each record to the same kind of per-record
-  sink object the pipeline's sink is (like for like: the user's work per record is on both
-  sides, so the ratio measures what the framework adds);
+  number of calls in flight, timed from the consumer's first record to its last; the
+  consumer hands each record to the same kind of per-record sink object the pipeline's sink
+  is (like for like: the user's work per record is on both sides, so the ratio measures
+  what the framework adds);
 - ratio_to_raw: the first over the second;
 - raw_counting_records_per_s, ratio_to_raw_counting: the same with a consumer that only adds
   up batch lengths and calls nothing per record (the transport alone; the pipeline's

@@ -177,13 +177,13 @@ class TestRay:
 
     def test_backlog_total_and_live_peek_come_with_the_actors_polls(self, tmp_path):
         env = LocalEnvironment("ray-backlog", backend="ray")
-        env.from_batch(range(40_000)).sink(SlowSink, 10_000, parallelism=2)  # 3 actors, an inbox per sink
+        env.from_batch(range(40_000)).sink(SlowSink, 10_000, parallelism=2)  # 3 actors; the source waits on each sink
         job = env.submit(autostop=True, block=False)
 
         def sinks():
             return [t for t in job.status().tasks if t.stage == "sink:SlowSink"]
 
-        wait_for(lambda: any(t.input_full and t.queued > 0 for t in sinks()), what="a full sink inbox")
+        wait_for(lambda: any(t.input_full and t.queued > 0 for t in sinks()), what="a sink whose producer window is full")
         assert job.status().task("source:range").total == 40_000
         live = job.peek("source:range", n=3)["source:range"]
         assert len(live) == 3 and all(0 <= int(x) < 40_000 for x in live)

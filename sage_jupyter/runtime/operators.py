@@ -305,23 +305,38 @@ class ChainRunner:
 
         Returns True if a stop request ended it early. The caller forwards end markers.
         """
-        send = self._blaming(fan_out(routes), routes)
         stopped = False
         if self.chain.is_source:
-            stopped = not self.run_source(should_stop, wait_stop, send)
+            stopped = not self.run_source(should_stop, wait_stop, self._blaming(fan_out(routes), routes))
         else:
             assert get is not None, "a chain with upstreams reads its input channel"
-            ends, expected, process = 0, self.chain.ends_expected, self.process
-            while ends < expected:
-                batch = get()
-                if batch is END:
-                    ends += 1
-                    continue
-                out = process(batch)
-                if out:
-                    send(out)
+            feed = self.feeder(routes)
+            while not feed(get()):
+                pass
         self.close()
         return stopped
+
+    def feeder(self, routes: list[Callable[[list[Any]], None]]) -> Callable[[Any], bool]:
+        """The input step of a chain with upstreams: a function taking one item (a batch or
+        an end marker), running a batch through the operators and sending what comes out;
+        it returns True once an end marker came from every upstream instance. The thread
+        backend calls it with what its channel gives; a Ray actor as pushes arrive."""
+        send = self._blaming(fan_out(routes), routes)
+        process = self.process
+        expected = self.chain.ends_expected
+        ends = 0
+
+        def feed(item: Any) -> bool:
+            nonlocal ends
+            if item is END:
+                ends += 1
+                return ends >= expected
+            out = process(item)
+            if out:
+                send(out)
+            return False
+
+        return feed
 
     def close(self) -> None:
         """Close every operator in chain order; the first error is raised after all ran,

@@ -29,7 +29,7 @@ from .options import describe_demand
 from .orphans import NAMESPACE, actor_name, kill_actor, wait_dead
 from .pickling import dumps
 from .services import RayServiceHost
-from .task_table import RayTask, TaskTable
+from .task_table import RayTask, TaskTable, incoming_backlog
 from .watcher import TaskWatcher
 
 
@@ -58,7 +58,7 @@ class RayBackend(TaskBackend):
         payloads = {(c.id, i): dumps((c, i)) for c, i in plan.instances()}
         services = {name: host.actor if isinstance(host, RayServiceHost) else None
                     for name, host in job.services.items()}
-        handles: dict[int, list[Any]] = {}
+        handles: dict[int, list[tuple[str, Any]]] = {}  # per chain: (task name, actor) of each instance
         made: dict[tuple[int, int], RayTask] = {}
         bounds = self._bounds(plan, job)
         for chain in reversed(plan.chains):  # consumers first: producers get their handles
@@ -72,7 +72,7 @@ class RayBackend(TaskBackend):
                     name=name, namespace=NAMESPACE, **actor_options(remote_args, index, spread),
                 ).remote(payloads[(chain.id, index)], chain.task_name(index), chain.labels[0], index,
                          job.job_name, job.env_name, services, outputs, bounds if chain.is_source else None)
-                handles[chain.id].append(actor)
+                handles[chain.id].append((chain.task_name(index), actor))
                 made[(chain.id, index)] = task = RayTask(chain, index, actor, name)
                 with table.lock:
                     table.tasks.append(task)  # known to join() at once, should launch fail now
@@ -186,7 +186,9 @@ class RayBackend(TaskBackend):
         return ["record budget"] if wait_dead([self._budget_name], timeout) else []
 
     def task_statuses(self) -> list[TaskStatus]:
-        return [s for t in self.table.snapshot() for s in t.statuses()]
+        tasks = self.table.snapshot()
+        backlog = incoming_backlog(tasks)
+        return [s for t in tasks for s in t.statuses(*backlog.get(t.name, (0, False)))]
 
     def samples(self) -> list[dict[str, list[Sample]]]:
         return [t.samples() for t in self.table.snapshot()]

@@ -37,16 +37,32 @@ class RayTask:
         self.poll_ref: Any = None
         self.ended = False
 
-    def statuses(self) -> list[TaskStatus]:
+    def statuses(self, sent: int = 0, window_full: bool = False) -> list[TaskStatus]:
+        """`sent`: records the producers pushed to this task and it has not finished (the batch
+        it runs now among them); `window_full`: a producer's window to it is full."""
         progress = self.progress
+        live = not self.ended
         return chain_statuses(self.chain, self.index, self.state, self.counters, self.error, self.failing,
                               self.actor_id or "ray", self.node, self.node_label, total=progress.get("total"),
-                              queued=progress.get("queued", 0) if not self.ended else 0,
-                              input_full=bool(progress.get("input_full")) and not self.ended)
+                              queued=max(0, sent - progress.get("taking", 0)) if live else 0,
+                              input_full=window_full and live)
 
     def samples(self) -> dict[str, list[Sample]]:
         samples: dict[str, list[Sample]] = self.progress.get("samples", {})
         return samples
+
+
+def incoming_backlog(tasks: list[RayTask]) -> dict[str, tuple[int, bool]]:
+    """Per consumer task: the records its live producers last said they pushed to it and it
+    has not finished, and whether any producer's window to it is full."""
+    into: dict[str, tuple[int, bool]] = {}
+    for task in tasks:
+        if task.ended:
+            continue
+        for target, (records, full) in task.progress.get("sent", {}).items():
+            before = into.get(target, (0, False))
+            into[target] = (before[0] + records, before[1] or full)
+    return into
 
 
 class TaskTable:
