@@ -183,7 +183,7 @@ class TestRay:
         def sinks():
             return [t for t in job.status().tasks if t.stage == "sink:SlowSink"]
 
-        wait_for(lambda: any(t.input_full and t.queued > 0 for t in sinks()), what="a sink whose producer window is full")
+        wait_for(lambda: any(t.input_full and t.queued > 0 for t in sinks()), what="a full producer window")
         assert job.status().task("source:range").total == 40_000
         live = job.peek("source:range", n=3)["source:range"]
         assert len(live) == 3 and all(0 <= int(x) < 40_000 for x in live)

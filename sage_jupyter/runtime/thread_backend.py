@@ -6,7 +6,8 @@ from .backend import JobRuntime, TaskBackend, chain_statuses
 from .channels import END, Aborted, Channel
 from .job import ErrorInfo, TaskState, TaskStatus
 from .limits import SharedBudget, SourceBounds
-from .operators import ChainRunner, end_targets, make_route
+from .operators import ChainRunner
+from .routes import end_targets, make_route
 from .peek import Sample
 from .plan import ChainSpec, EdgeSpec, Plan
 from .services import error_info

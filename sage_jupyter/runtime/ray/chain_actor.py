@@ -20,7 +20,8 @@ import ray
 from ..channels import END, Aborted
 from ..context import RuntimeContext, make_logger
 from ..job import TaskState
-from ..operators import ChainRunner, end_targets, make_route
+from ..operators import ChainRunner
+from ..routes import end_targets, make_route
 from ..plan import ChainSpec
 from ..services import error_info
 from .budget import BoundsSpec
