@@ -27,7 +27,7 @@ from ..services import error_info
 from .budget import BoundsSpec
 from .capture import capture_output
 from .cluster import where_am_i
-from .links import Link
+from .links import Backlog, Link, add_backlog
 from .pickling import loads
 from .services import actor_service_caller, remote_class
 
@@ -189,15 +189,13 @@ class ChainActor:
                 "taking": self._taking, "sent": self._backlog(),
                 "samples": runner.samples() if runner is not None else {}}
 
-    def _backlog(self) -> dict[str, tuple[int, bool]]:
+    def _backlog(self) -> Backlog:
         """Per consumer instance: the records pushed to it and not yet taken, and whether
         this producer's window to it is full (its next batch waits)."""
-        sent: dict[str, tuple[int, bool]] = {}
+        sent: Backlog = {}
         for links in list(self._links):
             for link in links:
-                records, full = link.backlog()
-                before = sent.get(link.target, (0, False))
-                sent[link.target] = (before[0] + records, before[1] or full)
+                add_backlog(sent, link.target, *link.backlog())
         return sent
 
     # ---- control -----------------------------------------------------------------------

@@ -69,3 +69,12 @@ class Link:
                     raise Aborted() from None
             except RayActorError:  # the consumer died; the driver reports why
                 raise Aborted() from None
+
+
+Backlog = dict[str, tuple[int, bool]]  # per consumer task: (records not yet taken, a window full)
+
+
+def add_backlog(into: Backlog, target: str, records: int, full: bool) -> None:
+    """Add one link's backlog (or one producer's) to the total of consumer `target`."""
+    before = into.get(target, (0, False))
+    into[target] = (before[0] + records, before[1] or full)

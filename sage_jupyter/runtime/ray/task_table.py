@@ -11,6 +11,7 @@ from ..backend import chain_statuses
 from ..job import ErrorInfo, TaskState, TaskStatus
 from ..peek import Sample
 from ..plan import ChainSpec
+from .links import Backlog, add_backlog
 
 CallKind = Literal["run", "poll"]
 
@@ -52,16 +53,15 @@ class RayTask:
         return samples
 
 
-def incoming_backlog(tasks: list[RayTask]) -> dict[str, tuple[int, bool]]:
+def incoming_backlog(tasks: list[RayTask]) -> Backlog:
     """Per consumer task: the records its live producers last said they pushed to it and it
     has not finished, and whether any producer's window to it is full."""
-    into: dict[str, tuple[int, bool]] = {}
+    into: Backlog = {}
     for task in tasks:
         if task.ended:
             continue
         for target, (records, full) in task.progress.get("sent", {}).items():
-            before = into.get(target, (0, False))
-            into[target] = (before[0] + records, before[1] or full)
+            add_backlog(into, target, records, full)
     return into
 
 
