@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import logging
-from typing import TYPE_CHECKING, Any, Iterable, overload
+from typing import TYPE_CHECKING, Any, Iterable
 
 from ..runtime.context import RuntimeContext
 from ..runtime.errors import ServiceCallError
@@ -21,29 +21,33 @@ if TYPE_CHECKING:  # pragma: no cover
 _detached_logger = logging.getLogger("sage_jupyter.user")
 
 
-class _ServiceAccess:
-    """`self.call_service["cache"].get(k)` or `self.call_service("cache", k, method="get")`.
+class _NotInJob:
+    """`self.call_service` of an instance no job runs: every use says so.
 
-    A non-data descriptor: the runtime stores the job's caller in the instance when it
-    attaches the context, so per-record calls find it as a plain attribute."""
+    The runtime replaces it with the job's caller, a plain instance attribute (no class
+    attribute of that name, no descriptor), the one attribute lookup CPython specialises fully:
+    the per-record `self.call_service[...]` is then as cheap as any `self.x`."""
 
-    @overload
-    def __get__(self, obj: None, owner: type | None = None) -> _ServiceAccess: ...
+    def __init__(self, owner: str) -> None:
+        self._owner = owner
 
-    @overload
-    def __get__(self, obj: _Servicing, owner: type | None = None) -> ServiceCaller: ...
+    def _refuse(self) -> ServiceCallError:
+        return ServiceCallError(
+            f"{self._owner} is not running inside a sage_jupyter job; "
+            "services can be called only from functions and services of a submitted job"
+        )
 
-    def __get__(self, obj: _Servicing | None, owner: type | None = None) -> _ServiceAccess | ServiceCaller:
-        if obj is None:
-            return self
-        ctx = obj.ctx
-        if ctx is None or ctx.services is None:
-            raise ServiceCallError(
-                f"{type(obj).__name__} is not running inside a sage_jupyter job; "
-                "services can be called only from functions and services of a submitted job"
-            )
-        services: ServiceCaller = ctx.services
-        return services
+    def __getitem__(self, name: str) -> Any:
+        raise self._refuse()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse()
+
+    def call_async(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse()
+
+    def names(self) -> list[str]:
+        raise self._refuse()
 
 
 class _Servicing:
@@ -51,10 +55,15 @@ class _Servicing:
 
     ctx: RuntimeContext | None = None
     _logger: logging.Logger | None = None
+    _name: str | None = None
+
+    call_service: ServiceCaller  # an instance attribute: see _NotInJob
+    _sage_calls_services = True  # the runtime gives instances of this class the job's caller
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Upstream constructors take **kwargs (ctx, name...); accept and ignore extras.
         self.ctx = None
+        self.call_service = _NotInJob(type(self).__name__)  # type: ignore[assignment]
 
     @property
     def logger(self) -> logging.Logger:
@@ -69,7 +78,7 @@ class _Servicing:
     @property
     def name(self) -> str:
         """This instance's name: set by the user, else the runtime's, else the class name."""
-        given: str | None = self.__dict__.get("_name")
+        given = self._name  # (never through __dict__: see _NotInJob)
         if given is not None:
             return given
         return self.ctx.name if self.ctx is not None else type(self).__name__
@@ -77,8 +86,6 @@ class _Servicing:
     @name.setter
     def name(self, value: str) -> None:
         self._name = value
-
-    call_service = _ServiceAccess()
 
     def call_service_async(self, name: str, *args: Any, method: str | None = "process", **kwargs: Any) -> Future[Any]:
         """Like `call_service(...)` but returns a `concurrent.futures.Future` at once."""

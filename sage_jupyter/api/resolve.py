@@ -92,11 +92,10 @@ def _copies_of(kind: str, fn: BaseFunction, parallelism: int) -> Callable[[], An
 def _copy(fn: BaseFunction) -> BaseFunction:
     # A context from an earlier run holds locks and services: a copy starts without one.
     memo: dict[int, Any] = {id(fn.ctx): None} if fn.ctx is not None else {}
-    cached = fn.__dict__.get("call_service")  # set with the context, see attach_context
+    cached = getattr(fn, "call_service", None)  # set with the context, see attach_context
     if cached is not None:
         memo[id(cached)] = None
     copied: BaseFunction = copy.deepcopy(fn, memo)
-    copied.__dict__.pop("call_service", None)
     return copied
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
@@ -35,13 +34,12 @@ class RuntimeContext:
 
 
 def attach_context(obj: Any, ctx: RuntimeContext) -> None:
-    """Give a function or service instance its context. Where `call_service` is a non-data
-    descriptor (the SAGE base classes), the instance gets the job's caller as a plain
-    attribute, so the per-record `self.call_service[...]` skips a property call."""
+    """Give a function or service instance its context and, where it has one (the SAGE base
+    classes), its `call_service`: plain attribute stores, never through `__dict__`, which would
+    turn every later attribute access of the instance into a slower dict lookup."""
     obj.ctx = ctx
-    access = inspect.getattr_static(type(obj), "call_service", None)
-    if ctx.services is not None and access is not None and not hasattr(access, "__set__"):
-        obj.__dict__["call_service"] = ctx.services
+    if ctx.services is not None and getattr(type(obj), "_sage_calls_services", False):
+        obj.call_service = ctx.services
 
 
 def make_logger(job_name: str, name: str) -> logging.Logger:
