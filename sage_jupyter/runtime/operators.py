@@ -62,7 +62,9 @@ class Operator:
         if kind == "map":
             def run(batch: list[Any]) -> list[Any] | None:
                 op.records_in += len(batch)
-                out = [y for y in map(fn, batch) if y is not None]  # None drops it, as upstream
+                # None drops it, as upstream; a comprehension, not map(): CPython then calls
+                # a Python `fn` inline, about 40 ns a record less than from C
+                out = [y for x in batch if (y := fn(x)) is not None]
                 op.records_out += len(out)
                 return out
         elif kind == "filter":
@@ -93,7 +95,8 @@ class Operator:
             def run(batch: list[Any]) -> list[Any] | None:
                 tag, records = untag(batch, op.label)
                 op.records_in += len(records)
-                out = [y for y in map(per_input[tag], records) if y is not None]
+                fn_of_input = per_input[tag]
+                out = [y for x in records if (y := fn_of_input(x)) is not None]
                 op.records_out += len(out)
                 return out
         elif kind == "join":
@@ -163,9 +166,13 @@ class ChainRunner:
 
     def open(self) -> None:
         """Build every operator (user constructors run here, in the task's worker)."""
+        caller = None  # the operators share one service caller: they run on one thread
         for stage, label in zip(self.chain.stages, self.chain.labels, strict=True):
             self._opening = label
             ctx = self._make_ctx(label, self.index, self.chain.parallelism)
+            if caller is None:
+                caller = ctx.services
+            ctx.services = caller
             op = Operator(stage, label, self.index, ctx)
             self.ops.append(op)
             if stage.kind != "source":
