@@ -137,7 +137,7 @@ class Dispatcher:
                 break
             try:
                 self._started_hosts.append(host)
-                host.start(self._context(f"service:{host.name}", 0, 1))
+                host.start(self._context(f"service:{host.name}", 0, 1, task=False))
             except BaseException as exc:  # noqa: BLE001 - fails the job, reported to wait()
                 host.error = error_info(f"service {host.name!r} setup", exc)
                 host.state = ServiceState.FAILED  # stays FAILED through its cleanup
@@ -163,10 +163,12 @@ class Dispatcher:
             self.backend.abort()
             self._finalize()
 
-    def _context(self, name: str, index: int, parallelism: int) -> RuntimeContext:
+    def _context(self, name: str, index: int, parallelism: int, task: bool = True) -> RuntimeContext:
+        """A function instance's or service's context, with a caller of its own: a task's
+        may call its services lock-free (see runtime/proxies.py)."""
         return RuntimeContext(name=name, job_name=self.name, env_name=self.env_name,
                               parallel_index=index, parallelism=parallelism,
-                              services=self.services, logger=make_logger(self.name, name))
+                              services=self.services.for_caller(eligible=task), logger=make_logger(self.name, name))
 
     def _call_pool(self) -> DaemonExecutor:
         with self._lock:

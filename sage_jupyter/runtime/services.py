@@ -20,7 +20,8 @@ from .executor import DaemonExecutor
 from .graph import ServiceSpec
 from .job import ErrorInfo, HookOutcome, ServiceCleanup, ServiceState, ServiceStatus
 from .policy import CleanupPolicy
-from .service_calls import Bias, make_call
+from .proxies import ServiceProxy, proxy_class
+from .service_calls import Bias, call_function
 from .threads import spawn
 from .tracebacks import error_info as error_info  # re-exported: the backends import it from here
 
@@ -97,6 +98,10 @@ class ServiceHost(abc.ABC):
     def actor_id(self) -> str | None:
         return None
 
+    def proxy(self, eligible: bool) -> Any:
+        """`call_service[name]` for one caller; `eligible`: a task's own caller (see proxies.py)."""
+        return LookupProxy(self)
+
     def status(self) -> ServiceStatus:
         return ServiceStatus(self.name, self.kind, self.state, self.calls, self.actor_id, self.error)
 
@@ -118,11 +123,12 @@ class LocalServiceHost(ServiceHost):
     """
 
     kind = "thread"
+    _bias: Bias | None = None  # made with the instance: it depends on `concurrent_calls`
 
     def __init__(self, spec: ServiceSpec) -> None:
         super().__init__(spec)
         self.instance: Any = None
-        self._bias = Bias(threading.RLock())  # reentrant: a service may call itself
+        self._proxy_class: type[ServiceProxy] | None = None
         self._phase = threading.Lock()  # orders the starter's next hook against a stop
         self._started = threading.Event()  # start() returned (done, failed or cut short)
         self._starting_hook = "__init__"  # what start() runs now, for the report
@@ -133,6 +139,10 @@ class LocalServiceHost(ServiceHost):
         try:
             self.state = ServiceState.STARTING
             self.instance = self.spec.cls(*self.spec.args, **self.spec.kwargs)
+            # One call at a time, like an actor, so service state needs no locks of its own;
+            # a service declaring `concurrent_calls = True` takes parallel calls.
+            serialised = not getattr(self.instance, "concurrent_calls", False)
+            self._bias = Bias(threading.RLock(), serialised)  # reentrant: a service may call itself
             attach_context(self.instance, ctx)
             self.accepting = True  # setup() may already call other services or itself
             for hook in ("setup", "start"):
@@ -151,26 +161,45 @@ class LocalServiceHost(ServiceHost):
         finally:
             self._started.set()
 
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    @accepting.setter
+    def accepting(self, value: bool) -> None:
+        self._accepting = value
+        if not value and self._bias is not None:
+            self._bias.close()  # the callers' lock-free paths end with it
+
     def method(self, method: str, reentrant: bool = False) -> Callable[..., Any]:
-        """`reentrant`: for a call made from inside a call this service runs now, arriving
-        on another thread (a Ray actor's self-call): it takes no lock, as an `RLock` would not."""
+        """The locked path of `method` (see service_calls.py). `reentrant`: for a call made
+        from inside a call this service runs now, arriving on another thread (a Ray actor's
+        self-call): it takes no lock, as an `RLock` would not."""
         bound = getattr(self.instance, method, None)
         if method.startswith("_") or not callable(bound):
             raise ServiceCallError(
                 f"service {self.name!r} ({type(self.instance).__name__}) has no method {method!r}"
             )
-        name, host = self.name, self
+        bias = self._bias if self._bias is not None and self._bias.serialised and not reentrant else None
+        return call_function(bound, self, bias, self._refuse, self._tagger(method), f"{self.name}.{method}()")
 
-        def refuse() -> None:
-            raise ServiceCallError(f"service {name!r} is {host.state.value}; it takes no more calls")
+    def proxy(self, eligible: bool) -> Any:
+        if self.instance is None or self._bias is None:
+            raise ServiceCallError(f"service {self.name!r} is not running yet; it takes no calls")
+        if self._proxy_class is None:  # a race here makes a second class: harmless
+            self._proxy_class = proxy_class(self.name, self.instance, self, self._bias, self.method, self._tagger)
+        return self._proxy_class(self, eligible)
+
+    def _refuse(self) -> None:
+        raise ServiceCallError(f"service {self.name!r} is {self.state.value}; it takes no more calls")
+
+    def _tagger(self, method: str) -> Callable[[BaseException], None]:
+        name = self.name
 
         def tag(exc: BaseException) -> None:
             tag_service_error(exc, name, method)
 
-        # One call at a time, like an actor, so service state needs no locks of its own;
-        # a service declaring `concurrent_calls = True` takes parallel calls.
-        bias = None if reentrant or getattr(self.instance, "concurrent_calls", False) else self._bias
-        return make_call(bound, self, bias, refuse, tag, f"{name}.{method}()")
+        return tag
 
     def stop_and_cleanup(self, policy: CleanupPolicy) -> ServiceCleanup:
         t0 = time.perf_counter()
@@ -204,8 +233,10 @@ class LocalServiceHost(ServiceHost):
         return self.ended(report)
 
 
-class ServiceProxy:
-    """`call_service["name"]`: attribute access gives the service's methods."""
+class LookupProxy:
+    """`call_service["name"]` for a service in a Ray actor (or one code in an actor cannot
+    reach): attribute access gives the host's call function of that method, looked up once.
+    A local service has its own proxies (proxies.py), for which a call costs far less."""
 
     def __init__(self, host: ServiceHost) -> None:
         self._host = host
@@ -221,38 +252,68 @@ class ServiceProxy:
         return f"<service {self._host.name!r} ({self._host.kind})>"
 
 
-class ServiceCaller(dict[str, "ServiceProxy"]):
-    """`self.call_service` in functions and services.
+class ServiceCaller(dict[str, Any]):
+    """`self.call_service` in functions and services: one per caller (each function
+    instance, each service), all of a job's callers sharing its hosts.
 
     `call_service["cache"].get(key)` or the upstream form
     `call_service("cache", key, method="get", timeout=10)`.
-    A dict of one proxy per service, so `call_service[name]` is a plain dict lookup and each
-    proxy keeps the call function of every method once it was looked up: a call costs one
-    closure, one lock where calls are serialised, and the method itself.
+    A dict of this caller's proxies, made on first use, so `call_service[name]` is a plain
+    dict lookup. A task's caller is `eligible` for a service's lock-free path (proxies.py):
+    it calls from that task's thread only. Calls with a timeout and async calls run on the
+    job's call pool, so they take the locked path, as do the calls of services.
     """
 
-    def __init__(self, hosts: dict[str, ServiceHost], executor_factory: Callable[[], DaemonExecutor]) -> None:
-        super().__init__((name, ServiceProxy(host)) for name, host in hosts.items())
+    def __init__(self, hosts: dict[str, ServiceHost], executor_factory: Callable[[], DaemonExecutor],
+                 eligible: bool = False) -> None:
+        super().__init__()
         self._hosts = hosts
         self._executor_factory = executor_factory
+        self._eligible = eligible
+        self._pooled: dict[tuple[str, str], Callable[..., Any]] = {}  # the locked paths the call pool runs
 
-    def __missing__(self, name: str) -> ServiceProxy:
-        known = ", ".join(sorted(self._hosts)) or "none"
-        raise ServiceCallError(
-            f"unknown service {name!r}; registered services: {known} (register it with env.register_service)"
-        )
+    def for_caller(self, eligible: bool) -> ServiceCaller:
+        """A caller of its own over the same services (see the class docstring)."""
+        return ServiceCaller(self._hosts, self._executor_factory, eligible)
 
-    # one caller per job, shared by all its functions: equal only to itself
+    def __missing__(self, name: str) -> Any:
+        host = self._hosts.get(name)
+        if host is None:
+            known = ", ".join(sorted(self._hosts)) or "none"
+            raise ServiceCallError(
+                f"unknown service {name!r}; registered services: {known} (register it with env.register_service)"
+            )
+        proxy = self[name] = host.proxy(self._eligible)
+        return proxy
+
+    def _method(self, name: str, method: str) -> Callable[..., Any]:
+        """This caller's `call_service[name].<method>`, or a ServiceCallError naming it."""
+        try:
+            found: Callable[..., Any] = getattr(self[name], method)
+        except AttributeError:
+            host = self._hosts[name]
+            host.method(method)  # raises the ServiceCallError naming the method
+            raise
+        return found
+
+    def _pool_method(self, name: str, method: str) -> Callable[..., Any]:
+        """The locked path of a method, for a call the job's call pool runs."""
+        self[name]  # an unknown service is a ServiceCallError
+        call = self._pooled.get((name, method))
+        if call is None:
+            call = self._pooled[(name, method)] = self._hosts[name].method(method)
+        return call
+
+    # a caller is equal only to itself
     __eq__ = object.__eq__
     __hash__ = object.__hash__  # type: ignore[assignment]
 
     def __call__(self, name: str, *args: Any, method: str | None = "process", timeout: float | None = None,
                  **kwargs: Any) -> Any:
         method = method or "process"  # upstream passes method=None for the default
-        call = getattr(self[name], method)
         if timeout is None:
-            return call(*args, **kwargs)
-        future = self._executor_factory().submit(call, *args, **kwargs)
+            return self._method(name, method)(*args, **kwargs)
+        future = self._executor_factory().submit(self._pool_method(name, method), *args, **kwargs)
         try:
             return future.result(timeout)
         except TimeoutError as exc:
@@ -263,7 +324,7 @@ class ServiceCaller(dict[str, "ServiceProxy"]):
     def call_async(self, name: str, *args: Any, method: str | None = "process", **kwargs: Any) -> Future[Any]:
         """Run a service call on the job's call pool; returns a `concurrent.futures.Future`."""
         kwargs.pop("timeout", None)  # a Future has its own timeout in .result()
-        call = getattr(self[name], method or "process")
+        call = self._pool_method(name, method or "process")
         future: Future[Any] = self._executor_factory().submit(call, *args, **kwargs)
         return future
 

@@ -10,6 +10,7 @@ import os
 import traceback
 
 from .job import ErrorInfo
+from .proxies import unknown_method
 
 # The package's own folder: frames from files under it are the runtime's, not the user's.
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
@@ -42,5 +43,6 @@ def full_traceback(exc: BaseException) -> str:
 
 def error_info(where: str, exc: BaseException) -> ErrorInfo:
     """The `ErrorInfo` of an exception raised at `where` (a stage, a service hook, ...)."""
-    return ErrorInfo(where=where, type=type(exc).__name__, message=str(exc),
+    said = unknown_method(exc) or exc  # `call_service[name].nope()` is an AttributeError at first
+    return ErrorInfo(where=where, type=type(said).__name__, message=str(said),
                      traceback=user_traceback(exc), full_traceback=full_traceback(exc))

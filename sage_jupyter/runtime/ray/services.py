@@ -11,7 +11,6 @@ raised by a service method reaches the caller as itself, tagged with the service
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +25,8 @@ from ..executor import DaemonExecutor
 from ..graph import ServiceSpec
 from ..job import HookOutcome, ServiceCleanup, ServiceState, ServiceStatus
 from ..policy import CleanupPolicy
-from ..services import LocalServiceHost, ServiceCaller, ServiceHost
+from ..proxies import public_methods
+from ..services import LocalServiceHost, LookupProxy, ServiceCaller, ServiceHost
 from ..threads import OutputSink, current_output
 from ..tracebacks import user_traceback
 from .capture import capture_output, deliver_output
@@ -65,15 +65,10 @@ def unwrap(result: tuple[str, Any, list[tuple[str, str]]], sink: OutputSink | No
     return value
 
 
-def public_methods(instance: Any) -> list[str]:
-    """Names callable through `call_service`, found without running properties."""
-    names = set()
-    for name in dir(type(instance)):
-        if name.startswith("_"):
-            continue
-        attr = inspect.getattr_static(type(instance), name)
-        if isinstance(attr, (staticmethod, classmethod)) or inspect.isroutine(attr):
-            names.add(name)
+def actor_methods(instance: Any) -> list[str]:
+    """Names callable through `call_service` on a service actor: its class's public methods,
+    and callables set on the instance (read once here, where a call costs a Ray hop anyway)."""
+    names = set(public_methods(instance))
     names.update(n for n, v in vars(instance).items() if not n.startswith("_") and callable(v))
     return sorted(names)
 
@@ -119,7 +114,7 @@ class ServiceActor:
                                  services=actor_service_caller(self._peers),
                                  logger=make_logger(self._job_name, f"service:{self._name}"))
             host.start(ctx)
-            return ("ok", public_methods(host.instance), self._capture.drain())
+            return ("ok", actor_methods(host.instance), self._capture.drain())
         except Exception as exc:  # noqa: BLE001 - raised again in the driver
             return ("err", pack_error(exc, f"remote traceback (Ray actor of service {self._name!r})"),
                     self._capture.drain())
@@ -163,7 +158,7 @@ class ServiceActor:
     @ray.method(concurrency_group="control")
     def methods(self) -> list[str]:
         host = self._host
-        return public_methods(host.instance) if host is not None and host.instance is not None else []
+        return actor_methods(host.instance) if host is not None and host.instance is not None else []
 
     @ray.method(concurrency_group="control")
     def stats(self) -> tuple[int, list[tuple[str, str]]]:
@@ -217,8 +212,12 @@ class RemoteService:
         self.name = name
         self._target = target
         self._handle: Any = None if isinstance(target, str) else target
+
         self._methods: set[str] | None = None
         self._lock = threading.Lock()
+
+    def proxy(self, eligible: bool) -> LookupProxy:
+        return LookupProxy(self)  # type: ignore[arg-type]  # duck-typed: name, kind, method
 
     def _resolve(self) -> Any:
         with self._lock:
@@ -260,6 +259,9 @@ class DriverOnlyService:
 
     def __init__(self, name: str) -> None:
         self.name = name
+
+    def proxy(self, eligible: bool) -> LookupProxy:
+        return LookupProxy(self)  # type: ignore[arg-type]  # duck-typed: name, kind, method
 
     def method(self, method: str) -> Callable[..., Any]:
         raise ServiceCallError(
