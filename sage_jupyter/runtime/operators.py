@@ -13,6 +13,7 @@ from typing import Any, Callable, NoReturn
 from . import peek
 from .channels import END, batch_bytes
 from .context import RuntimeContext, attach_context
+from .fusion import Fused, fusable
 from .graph import StageSpec
 from .limits import SourceBounds
 from .peek import RecentRecords
@@ -178,6 +179,8 @@ class ChainRunner:
             if stage.kind != "source":
                 self._steps.append((op, op.step(), op.recent if self._sampling else None))
         self._opening = None
+        kinds = [op.stage.kind for op, _, _ in self._steps]
+        self._fused = Fused([op for op, _, _ in self._steps], kinds) if fusable(kinds) else None
 
     _opening: str | None = None
 
@@ -197,7 +200,41 @@ class ChainRunner:
             return None
         return self.bounds.cap(self.ops[0].total)
 
+    _fused: Fused | None = None
+
     def process(self, batch: list[Any]) -> list[Any] | None:
+        """Run a batch through the operators after the source; what comes out (None when
+        the chain ends in a sink)."""
+        fused = self._fused
+        if fused is None:
+            return self._one_stage_at_a_time(batch)
+        # The last records go one stage at a time, so that each stage's newest records (peek)
+        # are exact: enough of them that every stage passes on PEEK_KEEP (see _kept_enough).
+        keep = self._unfused_tail if self._sampling else 0
+        head = batch[:-keep] if keep else batch
+        if head:
+            try:
+                fused(head)
+            except BaseException as exc:
+                index = fused.culprit(exc)
+                self.current = self._steps[index][0] if index is not None else None
+                raise
+        if len(head) == len(batch):
+            return None
+        before = [op.records_in for op, _, _ in self._steps]
+        self._one_stage_at_a_time(batch[len(head):])
+        if keep < len(batch) and not self._kept_enough(before):
+            self._unfused_tail = min(2 * keep, MAX_BATCH)  # stages drop records: a longer tail
+        return None
+
+    _unfused_tail = peek.PEEK_KEEP
+
+    def _kept_enough(self, before: list[int]) -> bool:
+        """Whether the tail just run gave every stage after the first PEEK_KEEP records in."""
+        later = zip(self._steps[1:], before[1:], strict=True)
+        return all(op.records_in - n >= peek.PEEK_KEEP for (op, _, _), n in later)
+
+    def _one_stage_at_a_time(self, batch: list[Any]) -> list[Any] | None:
         for op, run, recent in self._steps:
             self.current = op
             out = run(batch)
