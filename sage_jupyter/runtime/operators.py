@@ -221,13 +221,21 @@ class ChainRunner:
                 raise
         if len(head) == len(batch):
             return None
+        self._tails += 1
+        if self._tails & 31 and self._tail_long_enough:  # looked at again every 32nd batch
+            self._one_stage_at_a_time(batch[len(head):])
+            return None
         before = [op.records_in for op, _, _ in self._steps]
         self._one_stage_at_a_time(batch[len(head):])
-        if keep < len(batch) and not self._kept_enough(before):
-            self._unfused_tail = min(2 * keep, MAX_BATCH)  # stages drop records: a longer tail
+        if keep < len(batch):  # (a batch no longer than the tail says nothing about its length)
+            self._tail_long_enough = self._kept_enough(before)
+            if not self._tail_long_enough:
+                self._unfused_tail = min(2 * keep, MAX_BATCH)  # stages drop records: a longer tail
         return None
 
     _unfused_tail = peek.PEEK_KEEP
+    _tail_long_enough = False
+    _tails = 0
 
     def _kept_enough(self, before: list[int]) -> bool:
         """Whether the tail just run gave every stage after the first PEEK_KEEP records in."""
