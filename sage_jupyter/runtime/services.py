@@ -290,10 +290,8 @@ class ServiceCaller(dict[str, Any]):
         """This caller's `call_service[name].<method>`, or a ServiceCallError naming it."""
         try:
             found: Callable[..., Any] = getattr(self[name], method)
-        except AttributeError:
-            host = self._hosts[name]
-            host.method(method)  # raises the ServiceCallError naming the method
-            raise
+        except AttributeError:  # not a method of the service's class: the host knows more
+            found = self._hosts[name].method(method)  # (or raises the ServiceCallError naming it)
         return found
 
     def _pool_method(self, name: str, method: str) -> Callable[..., Any]:

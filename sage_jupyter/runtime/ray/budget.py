@@ -11,7 +11,7 @@ from typing import Any, Callable
 import ray
 
 from ..limits import WAIT_STEP_S, BudgetLedger, SharedBudget, SourceBounds, SourceLimits
-from .services import remote_class
+from .service_actor import remote_class
 
 
 class BudgetActor:

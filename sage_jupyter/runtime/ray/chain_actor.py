@@ -29,7 +29,7 @@ from .capture import capture_output
 from .cluster import where_am_i
 from .links import Backlog, Link, add_backlog
 from .pickling import loads
-from .services import actor_service_caller, remote_class
+from .service_actor import actor_service_caller, remote_class
 
 POLL_WAIT_S = 0.25  # a status poll answers at the latest after this, sooner on output
 OUTPUT_COALESCE_S = 0.02
