@@ -139,3 +139,23 @@ def test_a_second_task_waits_for_the_owners_lock_free_call_to_end():
     (s1, e1, o1), (s2, e2, o2) = sorted(log)
     assert not o1 and not o2
     assert s2 >= e1 - 1e-4  # the second call began only after the owner's ended
+
+
+def test_a_callable_set_on_the_instance_is_called_through_the_upstream_form():
+    class Handlers(BaseService):
+        def __init__(self):
+            super().__init__()
+            self.double = lambda x: 2 * x  # not a method of the class
+
+    got: list = []
+
+    class Use(SinkFunction):
+        def execute(self, data):
+            got.append(self.call_service("h", data, method="double"))
+
+    env = LocalEnvironment("instance_callable")
+    env.register_service("h", Handlers)
+    env.from_batch([1, 2]).sink(Use)
+    env.submit(autostop=True)
+    assert got == [2, 4]
+    assert env.job.status().service("h").calls == 2
