@@ -122,32 +122,27 @@ def call_function(bound: Callable[..., Any], host: CountedHost, bias: Bias | Non
     """The locked path of one method, serialised by the service's `bias` (None: the
     service takes concurrent calls). Ray service actors, calls with a timeout, async calls
     and services calling services use it directly."""
-    if bias is None:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            if not host.accepting:
-                refuse()
-            host.calls += 1  # not under a lock: a count under concurrent calls may miss a few
-            try:
-                return bound(*args, **kwargs)
-            except Exception as exc:
-                tag(exc)
-                raise
-    else:
-        enter, release = bias.enter, bias.lock.release
+    # without a bias (concurrent calls) there is no lock: entering and leaving do nothing
+    enter, release = (bias.enter, bias.lock.release) if bias is not None else (_nothing, _nothing)
 
-        def call(*args: Any, **kwargs: Any) -> Any:
-            if not host.accepting:
-                refuse()
-            enter()
-            try:
-                host.calls += 1
-                return bound(*args, **kwargs)
-            except Exception as exc:
-                tag(exc)
-                raise
-            finally:
-                release()
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if not host.accepting:
+            refuse()
+        enter()
+        try:
+            host.calls += 1  # without the lock a count under concurrent calls may miss a few
+            return bound(*args, **kwargs)
+        except Exception as exc:
+            tag(exc)
+            raise
+        finally:
+            release()
+
     call.__name__ = call.__qualname__ = getattr(bound, "__name__", "call")
     call.__doc__ = getattr(bound, "__doc__", None)
     call.label = label  # type: ignore[attr-defined]  # named in cleanup reports while it runs
     return call
+
+
+def _nothing() -> None:
+    return None
