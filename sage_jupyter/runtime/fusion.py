@@ -42,8 +42,7 @@ class Fused:
         # the stages' functions are default arguments: locals, the cheapest name to load
         lines = ["def run(batch, " + ", ".join(f"f{i}=f{i}" for i in range(len(ops))) + "):"]
         dropping = list(range(len(kinds) - 1))  # every stage but the sink may drop records
-        if dropping:
-            lines.append("    " + " = ".join(f"d{i}" for i in dropping) + " = 0")
+        lines.append("    " + " = ".join(f"d{i}" for i in dropping) + " = 0")
         lines.append("    for x in batch:")
         self._line_of: dict[int, int] = {}  # line of the loop -> index of the stage it calls
         for i, kind in enumerate(kinds):

@@ -222,12 +222,12 @@ class ChainRunner:
         if len(head) == len(batch):
             return None
         self._tails += 1
-        if self._tails & 31 and self._tail_long_enough:  # looked at again every 32nd batch
-            self._one_stage_at_a_time(batch[len(head):])
-            return None
-        before = [op.records_in for op, _, _ in self._steps]
+        # whether the tail is long enough, judged on every batch until it is, then every 32nd
+        # (a batch no longer than the tail says nothing about its length)
+        judge = keep < len(batch) and not (self._tails & 31 and self._tail_long_enough)
+        before = [op.records_in for op, _, _ in self._steps] if judge else []
         self._one_stage_at_a_time(batch[len(head):])
-        if keep < len(batch):  # (a batch no longer than the tail says nothing about its length)
+        if judge:
             self._tail_long_enough = self._kept_enough(before)
             if not self._tail_long_enough:
                 self._unfused_tail = min(2 * keep, MAX_BATCH)  # stages drop records: a longer tail
