@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -73,14 +74,26 @@ def pipeline(n: int, parallelism: int = 1) -> float:
     return dt
 
 
-def throughput(n: int) -> dict:
-    """Held to one CPU (see service_call_path); the parallel run's threads share it, as the
-    GIL has them take turns anyway."""
-    with one_cpu():
-        return _throughput(n)
+@contextlib.contextmanager
+def one_cpu() -> Iterator[None]:
+    """This thread, and the threads it starts, on one CPU: the first it may use (Linux). A
+    figure comparing a loop on this thread with a pipeline on a task thread is like for like
+    only so: on a 2-core VM the two CPUs' speeds differ by a third from one second to the next."""
+    if not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, allowed)
 
 
-def _throughput(n: int, runs: int = 5) -> dict:
+@one_cpu()
+def throughput(n: int, runs: int = 5) -> dict:
+    """Held to one CPU (see one_cpu); the parallel run's threads share it, as the GIL has
+    them take turns anyway."""
     loops, chains, parallels = [], [], []
     for _ in range(runs):  # interleaved: a change of load hits all three alike
         loops.append(plain_loop(n))
@@ -97,17 +110,13 @@ def _throughput(n: int, runs: int = 5) -> dict:
     }
 
 
+@one_cpu()
 def peek_cost(n: int, runs: int = 21) -> dict:
     """The throughput pipeline with peek sampling on, as a fraction of the same pipeline with
     sampling switched off (the runtime's internal switch), best of `runs`, interleaved so load
     changes hit both alike; chained (one task) and with parallelism 2 (channels in between).
     Wall time and this process's CPU time both: on a shared machine the CPU time is the steadier.
-    Held to one CPU (see service_call_path): the threads of every run share it alike."""
-    with one_cpu():
-        return _peek_cost(n, runs)
-
-
-def _peek_cost(n: int, runs: int) -> dict:
+    Held to one CPU (see one_cpu): the threads of every run share it alike."""
     figures = {}
     for parallelism, key in ((1, "peek"), (2, "peek_parallelism2")):
         wall: dict[bool, list[float]] = {True: [], False: []}
@@ -198,30 +207,10 @@ def ignore(x) -> None:
     pass
 
 
+@one_cpu()
 def service_call_path(n: int, runs: int = 5) -> dict:
     """The same map and sink, once as a plain loop calling the service object directly, once
-    as a pipeline calling it through `call_service`; best of `runs`, interleaved. The loop runs
-    on this thread and the pipeline on a task thread: both are held to one CPU, as on a
-    2-core VM the two CPUs' speeds differ by a third from one second to the next."""
-    with one_cpu():
-        return _service_call_path(n, runs)
-
-
-@contextlib.contextmanager
-def one_cpu():
-    """This thread, and the threads it starts, on one CPU: the first it may use (Linux)."""
-    if not hasattr(os, "sched_setaffinity"):
-        yield
-        return
-    allowed = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(allowed)})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, allowed)
-
-
-def _service_call_path(n: int, runs: int) -> dict:
+    as a pipeline calling it through `call_service`; best of `runs`, interleaved, on one CPU."""
     loops, pipes = [], []
     for _ in range(runs):
         direct = AddDirectly(Acc())
