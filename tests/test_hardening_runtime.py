@@ -372,6 +372,26 @@ def test_batch_sizes_are_estimated_from_their_records():
     assert 0 < batch_bytes(list(range(1000))) < 100_000
 
 
+
+def test_a_fast_source_reaches_full_batches_in_a_few_batches():
+    from sage_jupyter.runtime.operators import FAST_BATCH_S, MAX_BATCH, MAX_BATCH_BYTES, next_batch_size
+
+    def sizes(per_record_s: float, record_bytes: int, batches: int = 12) -> list[int]:
+        size, seen = 1, []
+        for _ in range(batches):
+            seen.append(size)
+            size = next_batch_size(size, size, size * per_record_s, size * record_bytes)
+        return seen
+
+    fast = sizes(1e-6, 28)
+    assert fast[3] == MAX_BATCH and fast[:4] == sorted(fast[:4])  # doubling took 11 batches; each is a Ray call
+    steady = sizes(1e-4, 28)[-1]  # 100 us a record: only batches under FAST_BATCH_S grow
+    assert 2 <= steady and steady * 1e-4 <= 2 * FAST_BATCH_S
+    assert max(sizes(1e-6, 2**20)) * 2**20 <= MAX_BATCH_BYTES  # 1 MB records: memory stays bounded
+    assert next_batch_size(64, 64, 1.0, 100) == 32  # a slow batch halves
+    assert next_batch_size(64, 10, 1e-6, 100) == 64  # a source that gave less than asked: no growth
+    assert next_batch_size(64, 64, 1e-6, 2 * MAX_BATCH_BYTES) == 32  # too many bytes halves
+
 # ---- the handle interface ----------------------------------------------------------------
 
 def test_local_and_remote_handles_offer_the_job_handle_interface():

@@ -40,7 +40,7 @@ class Link:
     def put(self, batch: Any) -> None:
         if len(self.inflight) >= INFLIGHT_PER_LINK:
             self._settle(self.inflight.popleft()[0])
-        self.inflight.append((self.push.remote(self.key, self.seq, batch), len(batch) if batch is not END else 0))
+        self.inflight.append((self.push.remote((self.key, self.seq, batch)), len(batch) if batch is not END else 0))
         self.seq += 1
 
     def flush(self) -> None:
