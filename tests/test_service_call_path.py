@@ -159,3 +159,52 @@ def test_a_callable_set_on_the_instance_is_called_through_the_upstream_form():
     env.submit(autostop=True)
     assert got == [2, 4]
     assert env.job.status().service("h").calls == 2
+
+
+class Adder(BaseService):
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def add(self, x):
+        self.total += x
+        return x
+
+
+class AddTwice(MapFunction):
+    """Calls the service twice a record and notes the most lock-free calls left uncounted."""
+
+    pending = 0
+
+    def execute(self, data):
+        acc = self.call_service["acc"]
+        acc.add(data)
+        AddTwice.pending = max(AddTwice.pending, len(acc._sage_tally))
+        return acc.add(data)
+
+
+@pytest.mark.parametrize("parallelism", [1, 2])  # 2: the second task revokes the first's lock-free path
+def test_call_counts_are_exact_on_lock_free_paths_and_folded_every_batch(parallelism):
+    from sage_jupyter.runtime.operators import MAX_BATCH
+
+    AddTwice.pending = 0
+    env = LocalEnvironment(f"counts_{parallelism}")
+    env.register_service("acc", Adder)
+    live: list[int] = []
+    out: list[int] = []
+
+    class Watch(SinkFunction):
+        def execute(self, data):
+            out.append(data)
+            if data % 1000 == 0:
+                live.append(env.job.status().service("acc").calls)
+
+    n = 20_000
+    env.from_batch(range(n)).map(AddTwice, parallelism=parallelism).sink(Watch)
+    env.submit(autostop=True)
+    assert sorted(out) == list(range(n))
+    assert env.job.status().service("acc").calls == 2 * n
+    assert _host(env, "acc").instance.total == 2 * sum(range(n))
+    assert live and all(0 < c <= 2 * n for c in live)
+    assert AddTwice.pending <= 2 * MAX_BATCH  # one batch's calls at most wait to be counted
+    assert AddTwice.pending > 0 or parallelism > 1  # a lone task calls lock-free

@@ -182,6 +182,7 @@ class ChainRunner:
         self._steps: list[tuple[Operator, Callable[[list[Any]], list[Any] | None], RecentRecords | None]] = []
         self.current: Operator | None = None  # the operator running now, for error messages
         self.routing: str | None = None  # the key function partitioning the output now, likewise
+        self.settle_calls: Callable[[], None] = _nothing  # set by open()
 
     def open(self) -> None:
         """Build every operator (user constructors run here, in the task's worker)."""
@@ -197,6 +198,8 @@ class ChainRunner:
             if stage.kind != "source":
                 self._steps.append((op, op.step(), op.recent if self._sampling else None))
         self._opening = None
+        # the lock-free service calls' counts, folded on this thread after every batch
+        self.settle_calls = getattr(caller, "settle", None) or _nothing
         kinds = [op.stage.kind for op, _, _ in self._steps]
         self._fused = Fused([op for op, _, _ in self._steps], kinds) if fusable(kinds) else None
 
@@ -326,6 +329,7 @@ class ChainRunner:
                 if recent is not None:
                     recent.offer(batch)
                 out = self.process(batch)
+                self.settle_calls()
                 if out:
                     blocked = time.perf_counter()
                     emit(out)
@@ -364,7 +368,7 @@ class ChainRunner:
         it returns True once an end marker came from every upstream instance. The thread
         backend calls it with what its channel gives; a Ray actor as pushes arrive."""
         send = self._blaming(fan_out(routes), routes)
-        process = self.process
+        process, settle_calls = self.process, self.settle_calls
         expected = self.chain.ends_expected
         ends = 0
 
@@ -374,6 +378,7 @@ class ChainRunner:
                 ends += 1
                 return ends >= expected
             out = process(item)
+            settle_calls()
             if out:
                 send(out)
             return False
@@ -393,6 +398,7 @@ class ChainRunner:
                 if first is None:
                     first, culprit = exc, op
         self.current = culprit
+        self.settle_calls()
         if first is not None:
             raise first
 
@@ -446,3 +452,7 @@ def _length(source: Any) -> int | None:
 
 def _no_key(label: str, position: int) -> NoReturn:
     raise ValueError(f"{label}: input {position} has no key; a join needs keyby(...) on every input")
+
+
+def _nothing() -> None:
+    return None

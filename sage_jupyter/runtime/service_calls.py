@@ -26,6 +26,8 @@ class Claimant(Protocol):
 
     _sage_fast: bool
 
+    def _sage_calls(self) -> int: ...
+
 
 class CountedHost(Protocol):
     accepting: bool
@@ -71,6 +73,10 @@ class Bias:
             if self.owner is not proxy and not self.revoked:
                 self._revoke()
             return False
+
+    def lock_free_calls(self) -> int:
+        """Calls made on the lock-free paths granted so far (counted by the proxies)."""
+        return sum(proxy._sage_calls() for proxy in list(self._granted))
 
     def close(self) -> None:
         """The service stopped taking calls (`accepting` is false): no lock-free path any more."""

@@ -102,8 +102,13 @@ class ServiceHost(abc.ABC):
         """`call_service[name]` for one caller; `eligible`: a task's own caller (see proxies.py)."""
         return LookupProxy(self)
 
+    @property
+    def call_count(self) -> int:
+        """Calls the service took, by every path."""
+        return self.calls
+
     def status(self) -> ServiceStatus:
-        return ServiceStatus(self.name, self.kind, self.state, self.calls, self.actor_id, self.error)
+        return ServiceStatus(self.name, self.kind, self.state, self.call_count, self.actor_id, self.error)
 
     def ended(self, report: ServiceCleanup) -> ServiceCleanup:
         """Set the final state after cleanup: FAILED if `setup()`/`start()` raised (its
@@ -160,6 +165,11 @@ class LocalServiceHost(ServiceHost):
                     self.state = ServiceState.RUNNING
         finally:
             self._started.set()
+
+    @property
+    def call_count(self) -> int:
+        """The locked path's count (`calls`) and the lock-free paths' (their proxies')."""
+        return self.calls + (self._bias.lock_free_calls() if self._bias is not None else 0)
 
     @property
     def accepting(self) -> bool:
@@ -275,6 +285,13 @@ class ServiceCaller(dict[str, Any]):
     def for_caller(self, eligible: bool) -> ServiceCaller:
         """A caller of its own over the same services (see the class docstring)."""
         return ServiceCaller(self._hosts, self._executor_factory, eligible)
+
+    def settle(self) -> None:
+        """Fold the call counts of this caller's lock-free paths: its task calls this on its
+        own thread between batches, so the counts take memory for one batch's calls only."""
+        for proxy in self.values():
+            if isinstance(proxy, ServiceProxy):
+                proxy._sage_settle()
 
     def __missing__(self, name: str) -> Any:
         host = self._hosts.get(name)

@@ -159,7 +159,7 @@ class ServiceActor:
     @ray.method(concurrency_group="control")
     def stats(self) -> tuple[int, list[tuple[str, str]]]:
         host = self._host
-        return (host.calls if host is not None else 0), self._capture.drain()
+        return (host.call_count if host is not None else 0), self._capture.drain()
 
     @ray.method(concurrency_group="lifecycle")
     def shutdown(self, policy: CleanupPolicy) -> tuple[ServiceCleanup, list[str], int, list[tuple[str, str]]]:
@@ -176,7 +176,7 @@ class ServiceActor:
             skipped = HookOutcome("skipped")
             return ServiceCleanup(self._name, "ray", skipped, skipped), left, 0, self._capture.drain()
         report = host.stop_and_cleanup(policy)
-        return report, left, host.calls, self._capture.drain()
+        return report, left, host.call_count, self._capture.drain()
 
 
 RemoteServiceActor: Any = remote_class(max_concurrency=CALL_THREADS,
