@@ -208,3 +208,26 @@ def test_call_counts_are_exact_on_lock_free_paths_and_folded_every_batch(paralle
     assert live and all(0 < c <= 2 * n for c in live)
     assert AddTwice.pending <= 2 * MAX_BATCH  # one batch's calls at most wait to be counted
     assert AddTwice.pending > 0 or parallelism > 1  # a lone task calls lock-free
+
+
+def test_a_service_error_deep_in_a_fused_batch_shows_only_user_frames():
+    class Picky(BaseService):
+        def check(self, x):
+            if x == 700:
+                raise ValueError(f"bad record {x}")
+            return x
+
+    class Check(MapFunction):
+        def execute(self, data):
+            return self.call_service["picky"].check(data)
+
+    env = LocalEnvironment("generated_frames")
+    env.register_service("picky", Picky)
+    env.from_batch(range(2000)).map(Check).sink(lambda x: None)  # fused: record 700 runs in the loop
+    with pytest.raises(PipelineError):
+        env.submit(autostop=True)
+    error = env.job.status().error
+    assert error is not None and "bad record 700" in error.message
+    frames = [line for line in error.traceback.splitlines() if line.strip().startswith("File ")]
+    assert [f.rsplit(" in ", 1)[1] for f in frames] == ["execute", "check"], error.traceback
+    assert "<sage fused" in error.full_traceback and "<sage proxy check>" in error.full_traceback

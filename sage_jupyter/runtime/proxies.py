@@ -118,7 +118,8 @@ def _method(name: str, bound: Callable[..., Any], host: Any, bias: Bias,
     namespace: dict[str, Any] = {"_sage_locked": fallback, "_sage_host": host, "_sage_bound": bound,
                                  "_sage_tag": tag}
     params, args = _plain_parameters(bound, namespace) or _ANY
-    exec(_METHOD.format(name=name, params=params, args=args), namespace)
+    source = _METHOD.format(name=name, params=params, args=args)
+    exec(compile(source, f"<sage proxy {name}>", "exec"), namespace)  # a name tracebacks.py hides
     method: Callable[..., Any] = namespace[name]
     method.__doc__ = getattr(bound, "__doc__", None)
     bias.fast_codes[method.__code__] = method.__code__.co_firstlineno + _FALLBACK_LINE - 1

@@ -16,8 +16,12 @@ from .proxies import unknown_method
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
+# Code the runtime generates (fused loops, service proxies) is compiled under such a name.
+GENERATED_PREFIX = "<sage "
+
+
 def is_own_frame(filename: str) -> bool:
-    return os.path.abspath(filename).startswith(_PACKAGE_DIR)
+    return filename.startswith(GENERATED_PREFIX) or os.path.abspath(filename).startswith(_PACKAGE_DIR)
 
 
 def _drop_own_frames(te: traceback.TracebackException, seen: set[int]) -> None:
