@@ -31,7 +31,6 @@ POLL_BACKOFF_MAX_S = 0.05
 MakeContext = Callable[[str, int, int], RuntimeContext]
 
 
-
 def next_batch_size(size: int, filled: int, seconds: float, nbytes: int) -> int:
     """A source's next batch size, after a batch of `filled` records (of `size` asked for)
     that took `seconds` and holds about `nbytes`. A full batch well under `FAST_BATCH_S`
@@ -48,6 +47,7 @@ def next_batch_size(size: int, filled: int, seconds: float, nbytes: int) -> int:
     if seconds > SLOW_BATCH_S and size > 1:
         return size // 2
     return size
+
 
 class Operator:
     """One stage instance: the user object, its execute function and its counters."""
