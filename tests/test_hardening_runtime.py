@@ -374,7 +374,7 @@ def test_batch_sizes_are_estimated_from_their_records():
 
 
 def test_a_fast_source_reaches_full_batches_in_a_few_batches():
-    from sage_jupyter.runtime.operators import FAST_BATCH_S, MAX_BATCH, MAX_BATCH_BYTES, next_batch_size
+    from sage_jupyter.runtime.batch_sizes import FAST_BATCH_S, MAX_BATCH, MAX_BATCH_BYTES, next_batch_size
 
     def sizes(per_record_s: float, record_bytes: int, batches: int = 12) -> list[int]:
         size, seen = 1, []
