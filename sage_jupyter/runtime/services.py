@@ -138,6 +138,7 @@ class LocalServiceHost(ServiceHost):
         self._started = threading.Event()  # start() returned (done, failed or cut short)
         self._starting_hook = "__init__"  # what start() runs now, for the report
         self._ending = False  # a stop began: the starter runs no further hook
+        self._cut: tuple[str, float] | None = None  # (hook, when) a stop came while a start hook ran
         self._ran_start = False
 
     def start(self, ctx: RuntimeContext) -> None:
@@ -165,6 +166,15 @@ class LocalServiceHost(ServiceHost):
                     self.state = ServiceState.RUNNING
         finally:
             self._started.set()
+
+    def announce_stop(self) -> None:
+        """A stop is coming: from now on the starter runs no further hook. The cleanup that
+        follows treats a hook running now as cut short by the stop (a Ray actor hears of
+        the stop first and runs the cleanup after the calls in flight end)."""
+        with self._phase:
+            self._ending = True
+            if self._cut is None and not self._started.is_set():
+                self._cut = (self._starting_hook, time.perf_counter())
 
     @property
     def call_count(self) -> int:
@@ -215,19 +225,18 @@ class LocalServiceHost(ServiceHost):
         t0 = time.perf_counter()
         setup: HookOutcome | None = None
         skipped = HookOutcome("skipped")
-        if not self._started.is_set():  # the stop came while a start hook ran
-            with self._phase:
-                self._ending = True
-                self.state = ServiceState.STOPPING
-                hook = self._starting_hook
+        self.announce_stop()
+        if self._cut is not None:  # the stop came while a start hook ran
+            hook, stopped_at = self._cut
+            self.state = ServiceState.STOPPING
             if not self._started.wait(policy.graceful_timeout):
                 self.accepting = False
                 self.state = ServiceState.FAILED
-                dt = time.perf_counter() - t0
+                dt = time.perf_counter() - stopped_at
                 setup = HookOutcome("timeout", dt, f"{hook}() still running {dt:.2g} s after the stop; left running, "
                                     "no hook runs after it")
-                return ServiceCleanup(self.name, self.kind, skipped, skipped, None, dt, setup)
-            setup = HookOutcome("late", time.perf_counter() - t0,
+                return ServiceCleanup(self.name, self.kind, skipped, skipped, None, time.perf_counter() - t0, setup)
+            setup = HookOutcome("late", time.perf_counter() - stopped_at,
                                 f"{hook}() was still running at the stop; cleaned after it returned")
         if self.instance is None:  # never built
             return self.ended(ServiceCleanup(self.name, self.kind, skipped, skipped, None, 0.0, setup))

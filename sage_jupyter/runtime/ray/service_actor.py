@@ -147,6 +147,16 @@ class ServiceActor:
         return found
 
     @ray.method(concurrency_group="control")
+    def begin_stop(self) -> None:
+        """Hear of a stop at once (the shutdown may wait behind calls in flight): a `setup()`
+        running now is the last start hook that runs."""
+        with self._lock:
+            self._ending = True
+            host = self._host
+        if host is not None:
+            host.announce_stop()
+
+    @ray.method(concurrency_group="control")
     def where(self) -> tuple[str, str]:
         """(actor id, node id): answered once the actor is placed and up."""
         return where_am_i()

@@ -27,6 +27,7 @@ from .pickling import dumps
 from .service_actor import RemoteServiceActor, unwrap
 
 STATS_EVERY_S = 0.25  # how often the driver reads the actor's call count
+ANNOUNCE_TIMEOUT_S = 5.0  # a placed actor answers control calls within milliseconds
 
 
 class RayServiceHost(ServiceHost):
@@ -75,6 +76,8 @@ class RayServiceHost(ServiceHost):
                 name=name, namespace=NAMESPACE, **actor_options(self.spec.ray_remote_args),
             ).remote(payload, self.name, ctx.job_name, ctx.env_name, peers)
         self._await_placement()
+        if self._ending:  # a stop came while Ray placed the actor: run no hook
+            return
         try:
             methods = unwrap(ray.get(self.actor.start.remote()), self._sink)
         except RayActorError as exc:
@@ -164,11 +167,11 @@ class RayServiceHost(ServiceHost):
         with self._phase:
             self._ending = True
             actor = self.actor
-            if actor is not None:
-                self.state = ServiceState.STOPPING
         if actor is None:  # never created, or never placed (killed then): nothing to clean
             skipped = HookOutcome("skipped")
             return self.ended(ServiceCleanup(self.name, self.kind, skipped, skipped, None))
+        self._announce_stop(actor)
+        self.state = ServiceState.STOPPING
         self._collect_stats()
         report, self.calls_left_running = self._shutdown(actor, policy)
         self.accepting = False
@@ -183,6 +186,17 @@ class RayServiceHost(ServiceHost):
             self.state = ServiceState.FAILED
             return report
         return self.ended(report)
+
+    def _announce_stop(self, actor: Any) -> None:
+        """Tell a placed actor of the stop before reporting STOPPING, so a `setup()` that
+        returns from now on is the last hook it runs. An actor still waiting for a node runs
+        no hook yet (the starter checks `_ending` before it asks for one)."""
+        if self._actor_hex is None:
+            return
+        try:
+            ray.get(actor.begin_stop.remote(), timeout=ANNOUNCE_TIMEOUT_S)
+        except (GetTimeoutError, RayActorError):
+            pass  # busy or gone: the shutdown that follows deals with it
 
     def _shutdown(self, actor: Any, policy: CleanupPolicy) -> tuple[ServiceCleanup, tuple[str, ...]]:
         """The actor's host stops and cleans the service: (its report, calls still running)."""
