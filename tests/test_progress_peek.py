@@ -239,3 +239,13 @@ def test_peek_keeps_big_records_as_reprs_not_themselves():
         recent.keep([i] * (i % 13 + 1), float(i))  # tails of every length: fewer than 2 x PEEK_KEEP kept
         assert sum(len(tail) for _, tail in recent._ring) < 2 * peek.PEEK_KEEP
     assert [text for _, text in recent.samples()] == ["999"] * peek.PEEK_KEEP
+
+
+def test_the_newest_records_stay_exact_when_the_latest_batch_is_short():
+    recent = peek.RecentRecords()
+    recent.offer(list(range(100)))  # kept: the first batch starts the sampling period
+    recent.offer(list(range(100, 200)))  # within the period: only noted as the latest
+    recent.offer([200, 201, 202])  # short: the newest PEEK_KEEP span it and the one before
+    assert [text for _, text in recent.samples()] == [repr(x) for x in range(193, 203)]
+    recent.offer([203])  # a second short batch in a row
+    assert [text for _, text in recent.samples()] == [repr(x) for x in range(194, 204)]

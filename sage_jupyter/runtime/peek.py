@@ -63,21 +63,27 @@ class RecentRecords:
     """One operator instance's recent records. `offer(batch)` runs on the task's thread for
     every batch; `samples()` may run on any other (it copies what it reads first)."""
 
-    __slots__ = ("_kept", "_ring", "last", "last_at", "next_at")
+    __slots__ = ("_kept", "_last_kept", "_ring", "last", "last_at", "next_at")
 
     def __init__(self) -> None:
         self._ring: deque[tuple[float, list[Any]]] = deque()
         self._kept = 0  # records in the ring
         self.last: list[Any] | None = None  # the latest batch, and when it passed
         self.last_at = 0.0
+        self._last_kept = False  # the latest batch's tail is in the ring
         self.next_at = 0.0  # when the ring takes a tail again
 
     def offer(self, batch: list[Any]) -> None:
-        """The hot path: note the batch; keep its tail when the sampling period passed."""
+        """The hot path: note the batch; keep its tail when the sampling period passed.
+        A batch shorter than PEEK_KEEP does not hold the newest records alone: the tail of
+        the batch before it is kept first, so they stay exact."""
         now = _now()
+        if len(batch) < PEEK_KEEP and not self._last_kept and self.last:
+            self.keep(self.last, self.last_at)
         self.last = batch
         self.last_at = now
-        if now >= self.next_at:
+        self._last_kept = now >= self.next_at
+        if self._last_kept:
             self.next_at = now + SAMPLE_EVERY_S
             self.keep(batch, now)
 
