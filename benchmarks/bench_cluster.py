@@ -14,6 +14,10 @@ raylets on this machine, 1 CPU each) and shuts it down after. Prints `name=value
 - chain_ratio_to_raw: the 2-actor chain of bench_ray.py over two bare actors passing the
   same batches, on this cluster, the raw consumer calling a per-record sink object as the
   chain's sink actor does (best of `--repeat` runs of each, interleaved). Target >= 0.9.
+  Both pairs are placed alike, producer on the head node and consumer on the other (left
+  to Ray, either pair landed on one node or on two by chance, run by run).
+  chain_ratio_to_raw_paired: the median over the runs of chain / raw of the same run (the
+  two measured back to back see the same machine; on this shared one single runs swing).
   chain_ratio_to_raw_counting: the same over a raw consumer that only adds up batch lengths.
 - cleanup_latency_ms: a job with a map spread over both nodes and a service, from the
   sink's last record until `wait()` returned, i.e. every actor on both nodes cleaned, killed
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -170,12 +175,17 @@ def main() -> int:
         spread_time(200, 2)  # warm up: imports and code shipping in fresh workers
         load = os.getloadavg()[0]
         (one, share_one, _), (two, share_two, overlap) = spread_time(args.records, 1), spread_time(args.records, 2)
+        head = ray.get_runtime_context().get_node_id()
+        other = next(n["NodeID"] for n in alive if n["NodeID"] != head)
+        nodes = (head, other)  # producer, consumer: the same for the raw pair and the chain
         raws, countings, chains = [], [], []
         for _ in range(args.repeat):  # interleaved, so all see the same machine
-            raws.append(raw_rate(ray, args.chain_records, BATCH, INFLIGHT_PER_LINK))
-            countings.append(raw_rate(ray, args.chain_records, BATCH, INFLIGHT_PER_LINK, per_record=False))
-            chains.append(pipeline_run(args.chain_records)[0])
+            raws.append(raw_rate(ray, args.chain_records, BATCH, INFLIGHT_PER_LINK, nodes=nodes))
+            countings.append(raw_rate(ray, args.chain_records, BATCH, INFLIGHT_PER_LINK, per_record=False,
+                                      nodes=nodes))
+            chains.append(pipeline_run(args.chain_records, nodes)[0])
         raw, counting, chain = max(raws), max(countings), max(chains)
+        paired = statistics.median(c / r for c, r in zip(chains, raws, strict=True))
         latency = spread_cleanup_latency(10_000)
         figures = {
             "nodes": len(alive),
@@ -191,6 +201,7 @@ def main() -> int:
             "chain_records_per_s": round(chain),
             "raw_records_per_s": round(raw),
             "chain_ratio_to_raw": round(chain / raw, 3),
+            "chain_ratio_to_raw_paired": round(paired, 3),
             "raw_counting_records_per_s": round(counting),
             "chain_ratio_to_raw_counting": round(chain / counting, 3),
             "cleanup_latency_ms": round(1000 * latency, 1),

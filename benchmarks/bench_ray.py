@@ -36,9 +36,20 @@ from figures import print_figures
 BATCH = 1024  # operators.MAX_BATCH: what a fast source's batches grow to
 
 
-def raw_rate(ray, n: int, batch: int, inflight: int, per_record: bool = True) -> float:
+def pinned(node: str | None) -> dict:
+    """`.options()` / `ray_remote_args` that put an actor on `node` (None: Ray's choice)."""
+    if node is None:
+        return {}
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
+
+
+def raw_rate(ray, n: int, batch: int, inflight: int, per_record: bool = True,
+             nodes: tuple[str | None, str | None] = (None, None)) -> float:
     """Records/s of a producer actor pushing batches to a consumer actor. With `per_record`,
-    the consumer calls a sink object once per record, as the pipeline's sink actor does."""
+    the consumer calls a sink object once per record, as the pipeline's sink actor does.
+    `nodes`: where the producer and the consumer run (None: where Ray puts them)."""
 
     class Tally:
         """The pipeline's `Counter` sink without the framework: a plain object (Ray wraps an
@@ -83,7 +94,8 @@ def raw_rate(ray, n: int, batch: int, inflight: int, per_record: bool = True) ->
                 pending.append(consumer.push.remote(list(range(lo, min(n, lo + batch)))))
             ray.get(list(pending))
 
-    consumer, producer = Consumer.remote(), Producer.remote()
+    consumer = Consumer.options(**pinned(nodes[1])).remote()
+    producer = Producer.options(**pinned(nodes[0])).remote()
     ray.get([consumer.result.remote(), producer.__ray_ready__.remote()])
     ray.get(producer.run.remote(consumer, n, batch, inflight))
     count, first, last = ray.get(consumer.result.remote())
@@ -93,8 +105,9 @@ def raw_rate(ray, n: int, batch: int, inflight: int, per_record: bool = True) ->
     return n / (last - first)
 
 
-def pipeline_run(n: int) -> tuple[float, float]:
-    """(records/s, last record -> cleaned and killed, in s) for one Ray-backend job."""
+def pipeline_run(n: int, nodes: tuple[str | None, str | None] = (None, None)) -> tuple[float, float]:
+    """(records/s, last record -> cleaned and killed, in s) for one Ray-backend job.
+    `nodes`: where the source and the sink actor run (None: where Ray puts them)."""
     from sage_jupyter import BaseService, LocalEnvironment, SinkFunction
     from sage_jupyter.runtime.dispatcher import Dispatcher
     from sage_jupyter.runtime.graph import ServiceSpec
@@ -122,7 +135,8 @@ def pipeline_run(n: int) -> tuple[float, float]:
             self.closed = True
 
     env = LocalEnvironment("bench_ray", backend="ray")
-    env.from_batch(range(n)).sink(Counter)
+    env.from_batch(range(n), ray_remote_args=pinned(nodes[0]) or None).sink(
+        Counter, ray_remote_args=pinned(nodes[1]) or None)
     lines: list[str] = []
     services = [ServiceSpec("registry", Registry, (), {}, True)]
     job = Dispatcher("bench_ray", env._graph, services, backend="ray", autostop=True,
