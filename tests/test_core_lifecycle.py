@@ -132,6 +132,8 @@ def test_status_snapshot_counts_records_and_describes_the_graph():
     assert s.elapsed_s >= 0 and s.ended_at is not None
     d = s.to_dict()
     assert d["state"] == "FINISHED" and d["cleanup_report"]["reason"] == "finished"
+    # the derived fields travel in the payload, so views work nothing out
+    assert (d["terminal"], d["records_in"], d["records_out"], d["elapsed_s"]) == (True, 50, 100, s.elapsed_s)
 
 
 def test_wait_timeout_raises_and_threads_return_to_baseline():

@@ -240,6 +240,7 @@ def test_status_on_the_wire_is_exactly_job_status_to_dict():
     status = env.job.status()
     assert status.error is not None and status.cleanup_report is not None and status.tasks
     assert to_wire(status) == status.to_dict()
+    assert to_wire(status)["terminal"] is True and to_wire(status)["records_out"] == status.records_out
     assert status_from_dict(json.loads(json.dumps(to_wire(status)))) == status
 
 

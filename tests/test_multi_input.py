@@ -364,3 +364,50 @@ def test_keyed_connected_streams_route_one_key_to_one_instance_of_a_merged_sink(
     run(env)
     assert set(instances) == set(range(7)) and all(len(i) == 1 for i in instances.values())
     assert len(set.union(*instances.values())) > 1  # the keys did spread over the instances
+
+
+def test_a_function_instance_on_connected_streams_is_copied_per_parallel_instance():
+    closed: list = []
+
+    class Where(BaseCoMapFunction):
+        def map0(self, data):
+            return (self.ctx.parallel_index, id(self))
+
+        map1 = map0
+
+        def close(self):
+            closed.append(id(self))
+
+    template, out = Where(), []
+    env = LocalEnvironment("connected-copies")
+    a, b = env.from_batch(range(300)), env.from_batch(range(300))
+    a.connect(b).comap(template, parallelism=3).sink(Collector, out)
+    run(env)
+    assert len(out) == 600 and {index for index, _ in out} == {0, 1, 2}
+    assert len({obj for _, obj in out}) == 3 and id(template) not in closed and len(set(closed)) == 3
+    assert template.ctx is None  # the user's object is only a template
+
+
+def test_ray_remote_args_on_every_connected_stage_and_on_from_collection():
+    from sage_jupyter.runtime.plan import build_plan
+
+    env = LocalEnvironment("connected-remote-args", backend="ray")
+    a = env.from_collection(range(3), ray_remote_args={"num_cpus": 1})
+    b = env.from_batch(range(3))
+    merged = a.connect(b).comap(Tag, ray_remote_args={"resources": {"box": 1}})
+    merged.connect(b).map(abs, ray_remote_args={"num_cpus": 1}).print(ray_remote_args={"num_cpus": 1})
+    a.connect(b).sink(print, ray_remote_args={"num_cpus": 1})
+    args = [(s.label, s.ray_remote_args) for s in env._graph.stages]
+    cpu = {"num_cpus": 1}
+    assert args == [("source:range", cpu), ("source:range", None), ("comap:Tag", {"resources": {"box": 1}}),
+                    ("map:abs", cpu), ("sink:PrintSink", cpu), ("sink:print", cpu)]
+    assert build_plan(env._graph).chains  # plans
+    keyed = a.keyby(abs).connect(b.keyby(abs))
+    keyed.join(InnerJoin, ray_remote_args=cpu).sink(print)
+    assert env._graph.stages[-2].label == "join:InnerJoin" and env._graph.stages[-2].ray_remote_args == cpu
+    for connected, method, fn in ((a.connect(b), "comap", Tag), (keyed, "join", InnerJoin),
+                                  (a.connect(b), "map", abs), (a.connect(b), "sink", print)):
+        with pytest.raises(ValueError, match=rf"{method}\({fn.__name__}\).*'num_cpu' is not accepted"):
+            getattr(connected, method)(fn, ray_remote_args={"num_cpu": 1})
+    with pytest.raises(ValueError, match=r"from_collection\(.*'name' is not accepted"):
+        env.from_collection([1], ray_remote_args={"name": "x"})

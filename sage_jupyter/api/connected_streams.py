@@ -10,6 +10,7 @@ import inspect
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..runtime.graph import InputRoute, StageSpec
+from ..runtime.ray.options import check_ray_remote_args
 from .datastream import DataStream
 from .functions import BaseCoMapFunction
 from .print_sink import PrintSink
@@ -71,7 +72,8 @@ class ConnectedStreams:
                  for stream, selector in zip(self._streams, selectors, strict=True)]
         return ConnectedStreams(self._env, keyed)
 
-    def comap(self, function: Any, *args: Any, parallelism: int = 1, **kwargs: Any) -> DataStream:
+    def comap(self, function: Any, *args: Any, parallelism: int = 1,
+              ray_remote_args: dict[str, Any] | None = None, **kwargs: Any) -> DataStream:
         """Process each input with its own method: a `BaseCoMapFunction` subclass whose `mapN`
         gets the records of input N, or a list of plain functions, one per input. The results
         go on as one stream; `None` drops a record."""
@@ -82,7 +84,7 @@ class ConnectedStreams:
             if args or kwargs:
                 raise TypeError("comap() got a list of functions and constructor arguments; arguments go to a class")
             functions = list(function)
-            return self._add("comap", "functions", lambda: functions, "plain", parallelism, function)
+            return self._add("comap", "functions", lambda: functions, "plain", parallelism, function, ray_remote_args)
         cls = function if inspect.isclass(function) else type(function)
         if issubclass(cls, BaseCoMapFunction):
             abstract: frozenset[str] = getattr(cls, "__abstractmethods__", frozenset())
@@ -98,10 +100,10 @@ class ConnectedStreams:
                 f"comap() needs a BaseCoMapFunction subclass (map0, map1, ...) or a list of {count} functions, "
                 f"got {display_name(function)}"
             )
-        factory, call = resolve_function("comap", function, args, kwargs)
-        return self._add("comap", display_name(function), factory, call, parallelism, function)
+        return self._resolved("comap", function, args, kwargs, parallelism, ray_remote_args)
 
-    def join(self, function: Any, *args: Any, parallelism: int = 1, **kwargs: Any) -> DataStream:
+    def join(self, function: Any, *args: Any, parallelism: int = 1,
+             ray_remote_args: dict[str, Any] | None = None, **kwargs: Any) -> DataStream:
         """Join two keyed streams: a `BaseJoinFunction` subclass whose `execute(payload, key, tag)`
         gets every record of both inputs with its key and input index, and returns the records
         to emit. Its state lives per instance; records of one key always reach the same instance."""
@@ -119,31 +121,40 @@ class ConnectedStreams:
                 f"join(): input {', '.join(map(str, spread))} is not partitioned by its key; "
                 "a join needs keyby(..., strategy='hash') on every input"
             )
-        factory, call = resolve_function("join", function, args, kwargs)
-        return self._add("join", display_name(function), factory, call, parallelism, function)
+        return self._resolved("join", function, args, kwargs, parallelism, ray_remote_args)
 
-    def map(self, function: Any, *args: Any, parallelism: int = 1, **kwargs: Any) -> DataStream:
+    def map(self, function: Any, *args: Any, parallelism: int = 1,
+            ray_remote_args: dict[str, Any] | None = None, **kwargs: Any) -> DataStream:
         """One function over the records of every input, merged into one stream."""
-        factory, call = resolve_function("map", function, args, kwargs)
-        return self._add("map", display_name(function), factory, call, parallelism, function)
+        return self._resolved("map", function, args, kwargs, parallelism, ray_remote_args)
 
-    def sink(self, function: Any, *args: Any, parallelism: int = 1, **kwargs: Any) -> DataStream:
+    def sink(self, function: Any, *args: Any, parallelism: int = 1,
+             ray_remote_args: dict[str, Any] | None = None, **kwargs: Any) -> DataStream:
         """One sink consuming the records of every input."""
-        factory, call = resolve_function("sink", function, args, kwargs)
-        return self._add("sink", display_name(function), factory, call, parallelism, function)
+        return self._resolved("sink", function, args, kwargs, parallelism, ray_remote_args)
 
-    def print(self, prefix: str = "", separator: str = " | ", colored: bool = True) -> DataStream:
+    def print(self, prefix: str = "", separator: str = " | ", colored: bool = True,
+              ray_remote_args: dict[str, Any] | None = None) -> DataStream:
         """Print every record of every input (a sink), as `DataStream.print`."""
-        return self.sink(PrintSink, prefix=prefix, separator=separator, colored=colored)
+        return self.sink(PrintSink, prefix=prefix, separator=separator, colored=colored,
+                         ray_remote_args=ray_remote_args)
+
+    def _resolved(self, kind: str, function: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                  parallelism: int, ray_remote_args: dict[str, Any] | None) -> DataStream:
+        check_parallelism(kind, parallelism)  # before resolving: a function instance is copied per instance
+        factory, call = resolve_function(kind, function, args, kwargs, parallelism)
+        return self._add(kind, display_name(function), factory, call, parallelism, function, ray_remote_args)
 
     def _add(self, kind: str, name: str, factory: Callable[[], Any], call: str, parallelism: int,
-             user_object: Any) -> DataStream:
+             user_object: Any, ray_remote_args: dict[str, Any] | None = None) -> DataStream:
         for i, stream in enumerate(self._streams):
             if stream._stage.kind == "sink":
                 raise ValueError(f"{kind}(): input {i} is a sink's stream; a sink ends its stream")
         check_parallelism(kind, parallelism)
+        remote_args = check_ray_remote_args(f"{kind}({name})", ray_remote_args)
         stage = self._env._add_stage(kind, name, factory, call, parallelism,
-                                     upstream=tuple(s._stage.id for s in self._streams), user_object=user_object)
+                                     upstream=tuple(s._stage.id for s in self._streams), user_object=user_object,
+                                     ray_remote_args=remote_args)
         stage.inputs = tuple(InputRoute(s._partition, s._key_factory) for s in self._streams)
         return DataStream(self._env, stage)
 

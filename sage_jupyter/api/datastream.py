@@ -89,11 +89,13 @@ class DataStream:
             return ConnectedStreams(self._env, (self, *other.streams))
         return ConnectedStreams(self._env, (self, other))
 
-    def print(self, prefix: str = "", separator: str = " | ", colored: bool = True) -> "DataStream":
+    def print(self, prefix: str = "", separator: str = " | ", colored: bool = True,
+              ray_remote_args: dict[str, Any] | None = None) -> "DataStream":
         """A sink printing every record as `prefix | record` (upstream SAGE's `print`)."""
         from .print_sink import PrintSink
 
-        return self.sink(PrintSink, prefix=prefix, separator=separator, colored=colored)
+        return self.sink(PrintSink, prefix=prefix, separator=separator, colored=colored,
+                         ray_remote_args=ray_remote_args)
 
     def __repr__(self) -> str:
         return f"<DataStream of {self._stage.label} in {self._env.name!r}>"

@@ -102,14 +102,18 @@ class BaseEnvironment(UpstreamEnvironment):
                    **kwargs: Any) -> DataStream:
         """A bounded source: a `BatchFunction` subclass (extra arguments go to its
         constructor), an iterable, or a function returning an iterator."""
-        remote_args = check_ray_remote_args(f"from_batch({display_name(source)})", ray_remote_args)
-        factory, call = resolve_batch_source(source, args, kwargs, "from_batch")
-        return self._source(factory, call, source, bounded=True, ray_remote_args=remote_args)
+        return self._bounded("from_batch", source, args, kwargs, ray_remote_args)
 
-    def from_collection(self, source: Any, *args: Any, **kwargs: Any) -> DataStream:
+    def from_collection(self, source: Any, *args: Any, ray_remote_args: dict[str, Any] | None = None,
+                        **kwargs: Any) -> DataStream:
         """Upstream SAGE spelling of `from_batch`."""
-        factory, call = resolve_batch_source(source, args, kwargs, "from_collection")
-        return self._source(factory, call, source, bounded=True)
+        return self._bounded("from_collection", source, args, kwargs, ray_remote_args)
+
+    def _bounded(self, method: str, source: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 ray_remote_args: dict[str, Any] | None) -> DataStream:
+        remote_args = check_ray_remote_args(f"{method}({display_name(source)})", ray_remote_args)
+        factory, call = resolve_batch_source(source, args, kwargs, method)
+        return self._source(factory, call, source, bounded=True, ray_remote_args=remote_args)
 
     def from_source(self, source: Any, *args: Any, ray_remote_args: dict[str, Any] | None = None,
                     **kwargs: Any) -> DataStream:

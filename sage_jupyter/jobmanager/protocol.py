@@ -27,6 +27,7 @@ from typing import Any
 import cloudpickle
 
 from ..runtime.graph import PipelineGraph, ServiceSpec
+from ..runtime.job import JobStatus
 from ..runtime.limits import check_limits
 from ..runtime.policy import CleanupPolicy
 from ..runtime.shipping import local_modules
@@ -88,6 +89,8 @@ def parse_auth_header(value: str | None) -> str | None:
 def to_wire(value: Any) -> Any:
     """`JobStatus.to_dict()` without its deep copies: status replies are the daemon's
     most frequent work (views poll them). Same result for any frozen dataclass tree."""
+    if isinstance(value, JobStatus):
+        return {**{f.name: to_wire(getattr(value, f.name)) for f in _fields(JobStatus)}, **value.derived()}
     if is_dataclass(value) and not isinstance(value, type):
         return {f.name: to_wire(getattr(value, f.name)) for f in _fields(type(value))}
     if isinstance(value, enum.Enum):

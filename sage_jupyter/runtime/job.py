@@ -244,9 +244,17 @@ class JobStatus:
                 return s
         raise KeyError(f"no service {name!r} in job {self.name!r}")
 
+    def derived(self) -> dict[str, Any]:
+        """The fields that follow from the others, carried in every payload so that no view
+        (the TypeScript sidebar included) works them out; `from_dict` ignores them."""
+        return {"elapsed_s": self.elapsed_s, "records_in": self.records_in, "records_out": self.records_out,
+                "terminal": self.state.terminal}
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (enums as strings), for comms and the wire."""
+        """A JSON-ready dict (enums as strings), for comms and the wire: the fields, then
+        `derived()`."""
         result: dict[str, Any] = _jsonable(asdict(self))
+        result.update(self.derived())
         return result
 
     @classmethod
