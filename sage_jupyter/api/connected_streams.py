@@ -84,6 +84,7 @@ class ConnectedStreams:
             if args or kwargs:
                 raise TypeError("comap() got a list of functions and constructor arguments; arguments go to a class")
             functions = list(function)
+            check_parallelism("comap", parallelism)
             return self._add("comap", "functions", lambda: functions, "plain", parallelism, function, ray_remote_args)
         cls = function if inspect.isclass(function) else type(function)
         if issubclass(cls, BaseCoMapFunction):
@@ -147,10 +148,10 @@ class ConnectedStreams:
 
     def _add(self, kind: str, name: str, factory: Callable[[], Any], call: str, parallelism: int,
              user_object: Any, ray_remote_args: dict[str, Any] | None = None) -> DataStream:
+        """The stage over every input (its `parallelism` checked already)."""
         for i, stream in enumerate(self._streams):
             if stream._stage.kind == "sink":
                 raise ValueError(f"{kind}(): input {i} is a sink's stream; a sink ends its stream")
-        check_parallelism(kind, parallelism)
         remote_args = check_ray_remote_args(f"{kind}({name})", ray_remote_args)
         stage = self._env._add_stage(kind, name, factory, call, parallelism,
                                      upstream=tuple(s._stage.id for s in self._streams), user_object=user_object,

@@ -89,10 +89,11 @@ def parse_auth_header(value: str | None) -> str | None:
 def to_wire(value: Any) -> Any:
     """`JobStatus.to_dict()` without its deep copies: status replies are the daemon's
     most frequent work (views poll them). Same result for any frozen dataclass tree."""
-    if isinstance(value, JobStatus):
-        return {**{f.name: to_wire(getattr(value, f.name)) for f in _fields(JobStatus)}, **value.derived()}
     if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_wire(getattr(value, f.name)) for f in _fields(type(value))}
+        out = {f.name: to_wire(getattr(value, f.name)) for f in _fields(type(value))}
+        if isinstance(value, JobStatus):
+            out.update(value.derived())
+        return out
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, (list, tuple)):
